@@ -1,0 +1,38 @@
+"""Helpers shared by the dynamical systems: input checks and the classical RK4 step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def check_state(x: Tensor, state_shape: tuple[int, ...], system: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a finite floating batch shaped ``(N, *state_shape)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{system}: the state must be a torch.Tensor, got {type(x).__name__}")
+    if tuple(x.shape[1:]) != tuple(state_shape) or x.ndim != len(state_shape) + 1:
+        raise ValueError(
+            f"{system}: states must be shaped (N, {', '.join(map(str, state_shape))}), got {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{system}: states must be float32 or float64, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{system}: the state contains NaN or Inf; refusing to integrate it")
+
+
+def check_steps(n: int) -> int:
+    """The number of steps as an int >= 0, or ``ValueError``."""
+    if int(n) != n or n < 0:
+        raise ValueError(f"the number of steps must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+def rk4_step(f: Callable[[Tensor], Tensor], x: Tensor, dt: float) -> Tensor:
+    """One classical fourth-order Runge-Kutta step of ``dx/dt = f(x)`` (autonomous)."""
+    k1 = f(x)
+    k2 = f(x + 0.5 * dt * k1)
+    k3 = f(x + 0.5 * dt * k2)
+    k4 = f(x + dt * k3)
+    return x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
