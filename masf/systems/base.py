@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -36,3 +37,35 @@ def rk4_step(f: Callable[[Tensor], Tensor], x: Tensor, dt: float) -> Tensor:
     k3 = f(x + 0.5 * dt * k2)
     k4 = f(x + dt * k3)
     return x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+def check_positive(value: float, parameter: str, system: str) -> float:
+    """``value`` as a float if it is finite and > 0, else ``ValueError`` naming ``parameter``."""
+    v = float(value)
+    if not math.isfinite(v) or v <= 0.0:
+        raise ValueError(f"{system}: {parameter} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """Standard normal draws of ``shape`` from ``generator``, returned on ``device`` in ``dtype``.
+
+    The draws are made on the generator's own device and then moved, so a CPU generator feeds a CUDA
+    computation and gives the same numbers as on CPU.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    draws = torch.randn(shape, generator=generator, dtype=dtype, device=generator.device)
+    return draws.to(device)
+
+
+def check_count(n: int, parameter: str, system: str) -> int:
+    """``n`` as an int >= 1 (a number of samples), else ``ValueError`` naming ``parameter``."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"{system}: {parameter} must be an integer >= 1, got {n!r}")
+    return int(n)
