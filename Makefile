@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make sweep   set up .venv (CPU torch) and run the default sweep of config/sweep.yaml -> results/report.html
+#   make test    set up .venv (with the dev tools) and run ruff and the whole test suite
+# Variables: TORCH (the torch requirement to install first; CPU build by default), CORES, PYTHON, VENV.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+CORES ?= all
+BIN := $(abspath $(VENV))/bin
+
+.PHONY: setup sweep test lint clean-results
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+sweep: setup
+	PATH="$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	PATH="$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/pytest
+
+clean-results:
+	rm -rf results/data results/runs results/checkpoints results/figures results/metrics.nc results/report.html
