@@ -82,10 +82,16 @@ class Operator:
         return self.apply(x) + self.noise_std * noise
 
     def jvp(self, x: Tensor, v: Tensor) -> Tensor:
-        """J_H(x) v, shape (N, *S), for a tangent ``v`` shaped like ``x`` (forward-mode autograd)."""
+        """J_H(x) v, shape (N, *S), for a tangent ``v`` shaped like ``x``.
+
+        Reverse mode twice: w ↦ J_Hᵀ w is linear, so its own vector-Jacobian product with v is J_H v.
+        (This avoids forward-mode AD, whose first use in torch 2.13 compiles TorchScript decompositions.)
+        """
         self.check_input(x)
         self.check_input(v, "v")
-        return torch.func.jvp(self.apply, (x,), (v.to(x),))[1]
+        hx, pullback = torch.func.vjp(self.apply, x)
+        _, pullback_of_pullback = torch.func.vjp(lambda w: pullback(w)[0], torch.zeros_like(hx))
+        return pullback_of_pullback(v.to(x))[0]
 
     def vjp(self, x: Tensor, w: Tensor) -> Tensor:
         """J_H(x)ᵀ w, shape (N, *S), for a cotangent ``w`` shaped like ``x`` (reverse-mode autograd)."""
