@@ -1,0 +1,355 @@
+"""Two-dimensional Kolmogorov flow: a batched pseudo-spectral Navier-Stokes solver in PyTorch.
+
+The PDE is the one of the reference's jax-cfd setup (anchors.md §2.1, method.md §8.1): on the periodic
+square [0, 2π]², density 1,
+
+    ∂u/∂t + (u·∇)u = −∇p + ν ∇²u − μ u + f,      ∇·u = 0,      f = (F sin(k_f y), 0),
+
+with ν = 1/Re (Re = 1000), drag μ = 0.1, forcing amplitude F = 1 and wavenumber k_f = 4.
+
+State and grid. The state is the velocity (u, v) shaped ``(N, 2, n, n)``; arrays are indexed
+``[channel, y, x]`` (channel 0 = u, the x-velocity, channel 1 = v), on the collocated grid
+``x_i = 2π i / n``, ``y_j = 2π j / n``. (jax-cfd uses a staggered MAC grid indexed ``[x, y]``; transpose
+and shift by half a cell before comparing fields point by point.)
+
+Method. Taking the curl gives the vorticity equation for ω = ∂v/∂x − ∂u/∂y,
+
+    ∂ω/∂t = −∇·(u ω) − (ν |k|² + μ) ω − F k_f cos(k_f y),
+
+solved in Fourier space (``torch.fft.rfft2``) with integer wavenumbers k = (k_x, k_y). The velocity is
+recovered from the streamfunction, ψ̂ = ω̂ / |k|², û = i k_y ψ̂, v̂ = −i k_x ψ̂, so it is divergence-free
+by construction (a Leray projection of the input: the divergent part of an input state is dropped, as
+jax-cfd's pressure projection does). The spatial mean velocity is not seen by ω; it obeys dU/dt = −μ U
+and is carried exactly. The quadratic term is evaluated in physical space in flux form and dealiased
+with the 2/3 rule (modes with max(|k_x|, |k_y|) ≥ n/3 of the product are zeroed); Nyquist modes of the
+input are dropped (their derivative is undefined).
+
+Time integration: a Lawson integrating-factor RK4 (fourth order) on the deviation θ = ω − ω_L from the
+laminar state ω̂_L = −f̂_ω / L, where L(k) = −(ν|k|² + μ) < 0. The linear viscous and drag terms and
+the constant forcing are thereby integrated exactly (no stiffness limit from viscosity at any n, and
+the laminar Kolmogorov flow u = sin(k_f y) / (ν k_f² + μ) is an exact fixed point to round-off); only
+the advection term limits the step. Like jax-cfd, the inner step comes from a fixed CFL bound rather
+than the current field, so the number of inner steps per outer step Δt is a deterministic constant:
+
+    h_max = courant · (2π / n) / max_velocity,      inner_steps = ceil(Δt / h_max),   h = Δt / inner_steps,
+
+with max_velocity = 5 and courant = 0.5 (21 / 41 / 82 / 163 inner steps at n = 64 / 128 / 256 / 512,
+the same counts as jax-cfd). RK4 is stable on the imaginary axis up to |λh| = 2√2, and at this step the
+largest advective rate |k|·|u| ≤ (n/3)·5 gives |λh| ≤ 0.5·2π/3 ≈ 1.05, so the margin is wide.
+``inner_steps`` overrides the count.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from masf.systems.base import check_state, check_steps
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+@dataclass(frozen=True)
+class _Spectral:
+    """Wavenumber grids for the rfft2 layout ``(n, n//2 + 1)`` (rows k_y, columns k_x), one dtype/device."""
+
+    kx: Tensor  # (1, m) integer k_x as floats, Nyquist column set to 0 for derivatives
+    ky: Tensor  # (n, 1) integer k_y as floats, Nyquist row set to 0 for derivatives
+    k2: Tensor  # (n, m) |k|² (true values)
+    inv_k2: Tensor  # (n, m) 1/|k|², 0 at k = 0
+    keep: Tensor  # (n, m) 1 except on the Nyquist row/column and at k = 0
+    dealias: Tensor  # (n, m) 1 where max(|k_x|, |k_y|) < n/3, else 0 (and 0 at k = 0)
+    to_fields: Tensor  # (3, n, m) complex: ω̂ -> (û, v̂, ω̂) = (i k_y, −i k_x, |k|²) ω̂ / |k|²
+    flux_x: Tensor  # (n, m) complex −i k_x · dealias: F(u ω) -> −∂x(u ω), dealiased
+    flux_y: Tensor  # (n, m) complex −i k_y · dealias
+
+
+@functools.lru_cache(maxsize=32)
+def _spectral(n: int, device: torch.device, dtype: torch.dtype) -> _Spectral:
+    idx = torch.arange(n, device=device)
+    ky_int = torch.where(idx < n // 2, idx, idx - n)  # 0..n/2-1, -n/2..-1
+    kx_int = torch.arange(n // 2 + 1, device=device)
+    ky_full = ky_int.to(dtype)[:, None]
+    kx_full = kx_int.to(dtype)[None, :]
+    k2 = kx_full**2 + ky_full**2
+    inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
+    nyq_y = (ky_int.abs() == n // 2)[:, None]
+    nyq_x = (kx_int == n // 2)[None, :]
+    keep = ~(nyq_y | nyq_x) & (k2 > 0)
+    cut = n / 3.0
+    dealias = ((ky_int.abs()[:, None] < cut) & (kx_int[None, :] < cut) & (k2 > 0)).to(dtype)
+    kx = torch.where(nyq_x, torch.zeros_like(kx_full), kx_full)
+    ky = torch.where(nyq_y, torch.zeros_like(ky_full), ky_full)
+    one = torch.ones_like(k2)
+    to_fields = torch.stack((1j * ky * inv_k2, -1j * kx * inv_k2, one.to(_COMPLEX[dtype])))
+    return _Spectral(
+        kx=kx,
+        ky=ky,
+        k2=k2,
+        inv_k2=inv_k2,
+        keep=keep.to(dtype),
+        dealias=dealias,
+        to_fields=to_fields,
+        flux_x=-1j * kx * dealias,
+        flux_y=-1j * ky * dealias,
+    )
+
+
+def _check_velocity(x: Tensor, who: str) -> int:
+    """Validate a velocity batch ``(N, 2, n, n)`` with even n; return n."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 2 or x.shape[2] != x.shape[3] or x.shape[2] % 2 != 0 or x.shape[2] < 4:
+        raise ValueError(f"{who}: x must be shaped (N, 2, n, n) with an even n >= 4, got {tuple(x.shape)}")
+    if x.dtype not in _COMPLEX:
+        raise ValueError(f"{who}: x must be float32 or float64, got {x.dtype}")
+    return int(x.shape[-1])
+
+
+def vorticity(x: Tensor) -> Tensor:
+    """Vorticity ω = ∂v/∂x − ∂u/∂y of velocities ``x: (N, 2, n, n)`` indexed ``[channel, y, x]``.
+
+    Returns ``(N, n, n)`` in physical units (1/time): spectral derivatives on the [0, 2π]² grid with
+    spacing 2π/n (Nyquist modes dropped). Sign: counter-clockwise rotation is positive; for u = sin(y),
+    v = 0 it gives ω = −cos(y). The reference plotting code (SDA/MASF) instead uses unscaled finite
+    differences ``∂u/∂(last axis) − ∂v/∂(second-last axis)`` on ``[x, y]`` arrays, which is −ω·h with
+    h = 2π/n: opposite sign and a factor h smaller (anchors.md §2.1).
+    """
+    n = _check_velocity(x, "vorticity")
+    sp = _spectral(n, x.device, x.dtype)
+    uh = torch.fft.rfft2(x)
+    wh = 1j * (sp.kx * uh[:, 1] - sp.ky * uh[:, 0])
+    return torch.fft.irfft2(wh, s=(n, n))
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"Kolmogorov: {name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Kolmogorov:
+    """Forced, damped 2-D Navier-Stokes on [0, 2π]² (the jax-cfd Kolmogorov setup), state (N, 2, n, n).
+
+    Fields: ``n`` grid points per side (even, 32..512); ``reynolds`` (ν = 1/Re); ``forcing_amplitude`` F
+    and ``forcing_wavenumber`` k_f of the body force F sin(k_f y) on u; ``drag`` μ ≥ 0 (force −μ u);
+    ``dt`` the outer step Δt of one ``step``; ``max_velocity`` and ``courant`` fix the inner step from
+    the CFL bound (see the module docstring) unless ``inner_steps`` is given; ``init_max_velocity`` and
+    ``init_peak_wavenumber`` shape ``sample_initial``; ``spinup_steps`` is the default spin-up of
+    ``sample_climatology`` (50 outer steps, t = 10, as in the paper).
+    """
+
+    n: int = 64
+    reynolds: float = 1000.0
+    forcing_amplitude: float = 1.0
+    forcing_wavenumber: int = 4
+    drag: float = 0.1
+    dt: float = 0.2
+    max_velocity: float = 5.0
+    courant: float = 0.5
+    inner_steps: int | None = None
+    init_max_velocity: float = 3.0
+    init_peak_wavenumber: float = 4.0
+    spinup_steps: int = 50
+    name: str = field(default="kolmogorov", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n % 2 or not 32 <= self.n <= 512:
+            raise ValueError(f"Kolmogorov: n must be an even integer in [32, 512], got {self.n!r}")
+        for name in (
+            "reynolds",
+            "dt",
+            "max_velocity",
+            "courant",
+            "init_max_velocity",
+            "init_peak_wavenumber",
+        ):
+            _positive(name, getattr(self, name))
+        if not (isinstance(self.forcing_amplitude, int | float) and math.isfinite(self.forcing_amplitude)):
+            raise ValueError(f"Kolmogorov: forcing_amplitude must be finite, got {self.forcing_amplitude!r}")
+        k_f = self.forcing_wavenumber
+        if not isinstance(k_f, int) or isinstance(k_f, bool) or not 1 <= k_f < self.n / 3:
+            raise ValueError(
+                f"Kolmogorov: forcing_wavenumber must be an integer in [1, n/3) = [1, {self.n / 3:.1f}), "
+                f"got {k_f!r}"
+            )
+        if not (isinstance(self.drag, int | float) and math.isfinite(self.drag) and self.drag >= 0):
+            raise ValueError(f"Kolmogorov: drag must be a finite number >= 0, got {self.drag!r}")
+        if self.inner_steps is not None and (
+            not isinstance(self.inner_steps, int)
+            or isinstance(self.inner_steps, bool)
+            or self.inner_steps < 1
+        ):
+            raise ValueError(
+                f"Kolmogorov: inner_steps must be None or an integer >= 1, got {self.inner_steps!r}"
+            )
+        if not isinstance(self.spinup_steps, int) or self.spinup_steps < 0:
+            raise ValueError(f"Kolmogorov: spinup_steps must be an integer >= 0, got {self.spinup_steps!r}")
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        return (2, self.n, self.n)
+
+    @property
+    def viscosity(self) -> float:
+        return 1.0 / self.reynolds
+
+    @property
+    def steps_per_dt(self) -> int:
+        """Inner steps per outer step: ``inner_steps`` or ceil(Δt / (courant · (2π/n) / max_velocity))."""
+        if self.inner_steps is not None:
+            return self.inner_steps
+        h_max = self.courant * (2.0 * math.pi / self.n) / self.max_velocity
+        return max(1, math.ceil(self.dt / h_max - 1e-9))
+
+    def params(self) -> dict[str, float | int | str]:
+        return {
+            "name": self.name,
+            "n": self.n,
+            "reynolds": float(self.reynolds),
+            "viscosity": self.viscosity,
+            "forcing_amplitude": float(self.forcing_amplitude),
+            "forcing_wavenumber": self.forcing_wavenumber,
+            "drag": float(self.drag),
+            "dt": float(self.dt),
+            "max_velocity": float(self.max_velocity),
+            "courant": float(self.courant),
+            "inner_steps": self.steps_per_dt,
+            "init_max_velocity": float(self.init_max_velocity),
+            "init_peak_wavenumber": float(self.init_peak_wavenumber),
+            "spinup_steps": self.spinup_steps,
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    # spectral pieces
+
+    def _linear(self, sp: _Spectral) -> Tensor:
+        """L(k) = −(ν|k|² + μ), shape (n, n//2+1)."""
+        return -(self.viscosity * sp.k2 + self.drag)
+
+    def _laminar_hat(self, sp: _Spectral, dtype: torch.dtype) -> Tensor:
+        """ω̂_L = −f̂_ω / L for the curl of the forcing f_ω = −F k_f cos(k_f y); (n, n//2+1) complex.
+
+        rfft2 of cos(k_f y) on an n×n grid is n²/2 at (k_y = ±k_f, k_x = 0).
+        """
+        n, k_f = self.n, self.forcing_wavenumber
+        w_hat = torch.zeros(n, n // 2 + 1, dtype=_COMPLEX[dtype], device=sp.k2.device)
+        lin_f = -(self.viscosity * k_f**2 + self.drag)  # L at |k| = k_f, < 0 since ν > 0
+        amp = self.forcing_amplitude * k_f * n * n / 2.0 / lin_f
+        w_hat[k_f, 0] = amp
+        w_hat[n - k_f, 0] = amp
+        return w_hat
+
+    def _to_spectral(self, x: Tensor, sp: _Spectral) -> tuple[Tensor, Tensor]:
+        """Velocity (N, 2, n, n) -> (ω̂ (N, n, m) without Nyquist and mean modes, mean velocity (N, 2, 1, 1))."""
+        uh = torch.fft.rfft2(x)
+        wh = 1j * (sp.kx * uh[:, 1] - sp.ky * uh[:, 0]) * sp.keep
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return wh, mean
+
+    def _to_velocity(self, wh: Tensor, mean: Tensor, sp: _Spectral) -> Tensor:
+        """(ω̂, mean) -> velocity (N, 2, n, n) via the streamfunction ψ̂ = ω̂/|k|²."""
+        psi = wh * sp.inv_k2
+        uvh = torch.stack((1j * sp.ky * psi, -1j * sp.kx * psi), dim=1)
+        return torch.fft.irfft2(uvh, s=(self.n, self.n)) + mean
+
+    def _advection(self, theta: Tensor, mean: Tensor | None, sp: _Spectral, lam_fields: Tensor) -> Tensor:
+        """N̂(θ) = −P_{2/3}[i k·F((u + U) ω)] with ω̂ = θ + ω̂_L; (N, n, m) -> (N, n, m).
+
+        ``lam_fields`` is ω̂_L · ``to_fields`` (3, n, m); ``mean`` is the mean velocity U (N, 2, 1, 1), or
+        None when it is zero (saves one pass).
+        """
+        fields_hat = torch.addcmul(lam_fields, theta[:, None], sp.to_fields)  # (N, 3, n, m): û, v̂, ω̂
+        fields = torch.fft.irfft2(fields_hat, s=(self.n, self.n))
+        uv = fields[:, :2] if mean is None else fields[:, :2] + mean
+        flux = torch.fft.rfft2(uv * fields[:, 2:3])  # F(u ω), F(v ω)
+        return torch.addcmul(flux[:, 0] * sp.flux_x, flux[:, 1], sp.flux_y)
+
+    # ----------------------------------------------------------------------------------------------
+    # System interface
+
+    def step(self, x: Tensor, n: int = 1, *, generator: torch.Generator | None = None) -> Tensor:
+        """Advance ``x: (N, 2, n, n)`` by ``n`` outer steps of Δt = ``dt`` (deterministic; ``generator`` unused)."""
+        check_state(x, self.state_shape, self.name)
+        outer = check_steps(n)
+        if outer == 0:
+            return x.clone()
+        sp = _spectral(self.n, x.device, x.dtype)
+        w_lam = self._laminar_hat(sp, x.dtype)
+        lam_fields = w_lam * sp.to_fields
+        inner = self.steps_per_dt
+        h = self.dt / inner
+        lin = self._linear(sp).to(w_lam.dtype)
+        e1, e2 = torch.exp(lin * h), torch.exp(lin * (h / 2))  # exact factors e^{Lh}, e^{Lh/2}
+        m1, m2 = math.exp(-self.drag * h), math.exp(-self.drag * h / 2)
+        wh, mean = self._to_spectral(x, sp)
+        has_mean = bool((mean != 0).any())
+        theta = wh - w_lam
+        for _ in range(outer * inner):
+            # Lawson RK4 for θ' = Lθ + N(θ):
+            #   a = N(θ), b = N(E½(θ + h/2 a)), c = N(E½θ + h/2 b), d = N(Eθ + h E½ c),
+            #   θ ← Eθ + h/6 (E a + 2 E½ (b + c) + d).
+            u0, u2, u1 = (mean, mean * m2, mean * m1) if has_mean else (None, None, None)
+            e1t, e2t = e1 * theta, e2 * theta
+            a = self._advection(theta, u0, sp, lam_fields)
+            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, sp, lam_fields)
+            c = self._advection(torch.add(e2t, b, alpha=h / 2), u2, sp, lam_fields)
+            d = self._advection(torch.addcmul(e1t, e2, c, value=h), u1, sp, lam_fields)
+            theta = torch.addcmul(e1t, e1, a, value=h / 6)
+            theta = torch.addcmul(theta, e2, b.add_(c), value=h / 3).add_(d, alpha=h / 6)
+            mean = mean * m1
+        return self._to_velocity(theta + w_lam, mean, sp)
+
+    def sample_initial(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> Tensor:
+        """``n`` random divergence-free fields ``(n, 2, self.n, self.n)``, like jax-cfd's filtered_velocity_field.
+
+        White noise per component, filtered in Fourier space by the amplitude
+        g(k) = p(k)/k with p the unscaled log-normal density of mode k_p = ``init_peak_wavenumber`` and log
+        variance 1/4 (jax-cfd's ``_log_normal_pdf``), projected onto divergence-free fields, then scaled per
+        member so that the maximum speed max|u| equals ``init_max_velocity`` (3 by default).
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(
+                f"Kolmogorov.sample_initial: n (the number of states) must be an int >= 0, got {n!r}"
+            )
+        count = n
+        if dtype not in _COMPLEX:
+            raise ValueError(f"Kolmogorov.sample_initial: dtype must be float32 or float64, got {dtype}")
+        noise = torch.randn((count, *self.state_shape), generator=generator, dtype=dtype, device=device)
+        sp = _spectral(self.n, noise.device, dtype)
+        k = torch.sqrt(sp.k2).clamp_min(1e-12)
+        var = 0.25
+        mean_log = math.log(self.init_peak_wavenumber) + var
+        gain = torch.exp(-((mean_log - torch.log(k)) ** 2) / (2 * var) - torch.log(k)) / k
+        nh = torch.fft.rfft2(noise) * (gain * sp.keep)
+        # Leray projection û ← û − k (k·û)/|k|² (divergence-free), via the vorticity and streamfunction.
+        wh = 1j * (sp.kx * nh[:, 1] - sp.ky * nh[:, 0])
+        zero_mean = torch.zeros(count, 2, 1, 1, dtype=dtype, device=noise.device)
+        vel = self._to_velocity(wh, zero_mean, sp)
+        speed = torch.sqrt((vel**2).sum(dim=1)).amax(dim=(-2, -1))
+        return vel * (self.init_max_velocity / speed)[:, None, None, None]
+
+    def sample_climatology(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator,
+        spinup_steps: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> Tensor:
+        """Initial states advanced ``spinup_steps`` outer steps (default ``self.spinup_steps`` = 50, t = 10)."""
+        steps = self.spinup_steps if spinup_steps is None else check_steps(spinup_steps)
+        x0 = self.sample_initial(n, generator=generator, dtype=dtype, device=device)
+        return self.step(x0, steps)

@@ -1,0 +1,264 @@
+"""Tests of the pseudo-spectral Kolmogorov flow: exact solutions, invariants, determinism, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from masf.systems.kolmogorov import Kolmogorov, vorticity
+
+
+def _grid(n: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y, X) meshes of the collocated grid, indexed [y, x]."""
+    c = torch.arange(n, dtype=dtype) * (2 * math.pi / n)
+    return torch.meshgrid(c, c, indexing="ij")
+
+
+def _divergence(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[-1]
+    c = torch.arange(n // 2 + 1, dtype=x.dtype)
+    r = torch.arange(n)
+    ky = torch.where(r < n // 2, r, r - n).to(x.dtype)[:, None]
+    uh = torch.fft.rfft2(x)
+    return torch.fft.irfft2(1j * (c[None, :] * uh[:, 0] + ky * uh[:, 1]), s=(n, n))
+
+
+def _taylor_green(n: int, k: int) -> torch.Tensor:
+    """u = sin(kx)cos(ky), v = −cos(kx)sin(ky): a steady Euler flow (ω = 2k²ψ), (1, 2, n, n)."""
+    y, x = _grid(n)
+    return torch.stack((torch.sin(k * x) * torch.cos(k * y), -torch.cos(k * x) * torch.sin(k * y)))[None]
+
+
+# --- vorticity ----------------------------------------------------------------------------------------
+
+
+def test_vorticity_sign_and_units() -> None:
+    n = 32
+    y, x = _grid(n)
+    zero = torch.zeros_like(x)
+    shear = torch.stack((torch.sin(y), zero))[None]  # u = sin(y): ω = −∂u/∂y = −cos(y)
+    torch.testing.assert_close(vorticity(shear)[0], -torch.cos(y), atol=1e-12, rtol=0)
+    wave = torch.stack((zero, torch.sin(3 * x)))[None]  # v = sin(3x): ω = ∂v/∂x = 3 cos(3x)
+    torch.testing.assert_close(vorticity(wave)[0], 3 * torch.cos(3 * x), atol=1e-12, rtol=0)
+    assert vorticity(shear.float()).dtype == torch.float32
+
+
+def test_vorticity_bad_shape() -> None:
+    with pytest.raises(ValueError, match="shaped"):
+        vorticity(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="shaped"):
+        vorticity(torch.zeros(1, 2, 33, 33))
+
+
+# --- construction and parameters ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, inner", [(64, 21), (128, 41), (256, 82), (512, 163)])
+def test_inner_steps_match_jax_cfd_counts(n: int, inner: int) -> None:
+    """ceil(0.2 / (0.5 · (2π/n) / 5)): the counts jax-cfd uses (anchors.md §2.1)."""
+    assert Kolmogorov(n=n).steps_per_dt == inner
+    assert Kolmogorov(n=n, inner_steps=7).steps_per_dt == 7
+
+
+def test_params_and_shape() -> None:
+    s = Kolmogorov(n=32)
+    p = s.params()
+    assert s.state_shape == (2, 32, 32)
+    assert p["name"] == "kolmogorov" and p["n"] == 32 and p["inner_steps"] == 11
+    assert p["viscosity"] == pytest.approx(1e-3) and p["drag"] == 0.1 and p["dt"] == 0.2
+    assert all(isinstance(v, int | float | str) for v in p.values())
+
+
+@pytest.mark.parametrize("n", [30, 33, 514, 0, 64.0])
+def test_bad_grid_size(n: object) -> None:
+    with pytest.raises(ValueError, match=r"\bn must be an even integer in \[32, 512\]"):
+        Kolmogorov(n=n)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"reynolds": 0.0}, "reynolds"),
+        ({"dt": -0.1}, "dt"),
+        ({"courant": float("nan")}, "courant"),
+        ({"drag": -0.1}, "drag"),
+        ({"forcing_wavenumber": 11}, "forcing_wavenumber"),
+        ({"inner_steps": 0}, "inner_steps"),
+        ({"spinup_steps": -1}, "spinup_steps"),
+    ],
+)
+def test_bad_parameters(kwargs: dict, word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        Kolmogorov(n=32, **kwargs)
+
+
+def test_bad_states() -> None:
+    s = Kolmogorov(n=32)
+    with pytest.raises(ValueError, match="shaped"):
+        s.step(torch.zeros(1, 2, 64, 64))
+    with pytest.raises(ValueError, match="NaN"):
+        s.step(torch.full((1, 2, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="non-negative"):
+        s.step(torch.zeros(1, 2, 32, 32), -1)
+
+
+# --- exact solutions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drag", [0.0, 0.3])
+def test_taylor_green_decay(drag: float) -> None:
+    """Unforced: each Fourier mode decays as exp(−(ν|k|² + μ)t); TG has |k|² = 2k², nonlinear term 0."""
+    k, nu, steps = 2, 0.01, 5
+    s = Kolmogorov(n=32, reynolds=1 / nu, forcing_amplitude=0.0, drag=drag)
+    x0 = _taylor_green(32, k)
+    t = steps * s.dt
+    expected = x0 * math.exp(-(2 * nu * k**2 + drag) * t)
+    torch.testing.assert_close(s.step(x0, steps), expected, atol=1e-12, rtol=0)
+
+
+def test_taylor_green_advected_by_mean_flow() -> None:
+    """With a uniform mean U and no drag: u(x, t) = U + e^{−2νk²t} TG(x − U t) (Galilean invariance)."""
+    n, k, nu, steps = 32, 1, 0.01, 5
+    s = Kolmogorov(n=n, reynolds=1 / nu, forcing_amplitude=0.0, drag=0.0)
+    mean = torch.tensor([0.5, -0.25], dtype=torch.float64)[None, :, None, None]
+    y, x = _grid(n)
+    t = steps * s.dt
+    xs, ys = x - 0.5 * t, y + 0.25 * t
+    moved = torch.stack((torch.sin(k * xs) * torch.cos(k * ys), -torch.cos(k * xs) * torch.sin(k * ys)))[None]
+    expected = mean + math.exp(-2 * nu * k**2 * t) * moved
+    torch.testing.assert_close(s.step(_taylor_green(n, k) + mean, steps), expected, atol=1e-9, rtol=0)
+
+
+def test_laminar_state_is_a_fixed_point() -> None:
+    """u = A sin(4y), A = F / (16ν + μ), is an exact steady solution (its nonlinear term vanishes)."""
+    s = Kolmogorov(n=32, reynolds=5.0)
+    y, _ = _grid(32)
+    amp = 1.0 / (16 / 5.0 + 0.1)
+    x0 = torch.stack((amp * torch.sin(4 * y), torch.zeros_like(y)))[None]
+    torch.testing.assert_close(s.step(x0, 10), x0, atol=1e-13, rtol=0)
+
+
+def test_spin_up_from_rest() -> None:
+    """From rest, u(t) = A (1 − e^{−(16ν+μ)t}) sin(4y) exactly (shear flows have no advection)."""
+    s = Kolmogorov(n=32, reynolds=50.0)
+    y, _ = _grid(32)
+    rate = 16 / 50.0 + 0.1
+    t = 4 * s.dt
+    expected = torch.stack(((1 - math.exp(-rate * t)) / rate * torch.sin(4 * y), torch.zeros_like(y)))[None]
+    out = s.step(torch.zeros(1, 2, 32, 32, dtype=torch.float64), 4)
+    torch.testing.assert_close(out, expected, atol=1e-13, rtol=0)
+
+
+def test_fourth_order_in_time() -> None:
+    """Halving the inner step cuts the error of one outer step by about 2⁴ = 16 (turbulent initial state)."""
+    g = torch.Generator().manual_seed(3)
+    x0 = Kolmogorov(n=32).sample_initial(1, generator=g, dtype=torch.float64)
+    ref = Kolmogorov(n=32, inner_steps=64).step(x0)
+    err = [(Kolmogorov(n=32, inner_steps=m).step(x0) - ref).abs().max().item() for m in (4, 8)]
+    assert err[0] / err[1] > 12.0, err
+
+
+# --- invariants ---------------------------------------------------------------------------------------
+
+
+def test_divergence_free_after_steps() -> None:
+    g = torch.Generator().manual_seed(0)
+    s = Kolmogorov(n=32)
+    x = s.step(s.sample_initial(2, generator=g, dtype=torch.float64), 3)
+    assert _divergence(x).abs().max().item() < 1e-12 * x.abs().max().item()
+
+
+def test_divergent_input_is_projected() -> None:
+    """A pure gradient field (curl-free) has no vorticity: one step leaves only the forced response."""
+    y, x = _grid(32)
+    grad = torch.stack((torch.cos(x) * torch.sin(2 * y), 2 * torch.sin(x) * torch.cos(2 * y)))[None]
+    s = Kolmogorov(n=32, forcing_amplitude=0.0)
+    assert s.step(grad).abs().max().item() < 1e-12
+
+
+def test_energy_bounded() -> None:
+    """dE/dt ≤ F√E − 2μE, so E = ½⟨|u|²⟩ never exceeds max(E(0), F²/(4μ²)) = max(E(0), 25)."""
+    g = torch.Generator().manual_seed(1)
+    s = Kolmogorov(n=32)
+    x = s.sample_initial(3, generator=g)
+    e0 = 0.5 * (x**2).sum(1).mean().item()
+    for _ in range(4):
+        x = s.step(x, 5)
+        assert torch.isfinite(x).all()
+        energy = 0.5 * (x**2).sum(1).mean(dim=(-2, -1))
+        assert energy.max().item() <= max(e0, 25.0) * 1.01
+        assert energy.min().item() > 0.01  # still a live flow
+
+
+def test_sample_initial_properties() -> None:
+    g = torch.Generator().manual_seed(5)
+    s = Kolmogorov(n=32)
+    x = s.sample_initial(16, generator=g, dtype=torch.float64)
+    assert x.shape == (16, 2, 32, 32) and x.dtype == torch.float64
+    speed = torch.sqrt((x**2).sum(1)).amax(dim=(-2, -1))
+    torch.testing.assert_close(speed, torch.full_like(speed, 3.0))
+    assert _divergence(x).abs().max().item() < 1e-12
+    assert x.mean(dim=(-2, -1)).abs().max().item() < 1e-12
+    # Energy spectrum peaks at the shell |k| = 4 (jax-cfd's peak_wavenumber).
+    uh = torch.fft.fft2(x)
+    kk = torch.fft.fftfreq(32, 1 / 32, dtype=torch.float64)
+    shell = torch.sqrt(kk[:, None] ** 2 + kk[None, :] ** 2).round().long()
+    power = (uh.abs() ** 2).sum(dim=(0, 1))
+    spectrum = torch.zeros(shell.max() + 1, dtype=torch.float64).index_add_(
+        0, shell.flatten(), power.flatten()
+    )
+    assert int(spectrum.argmax()) == 4
+
+
+# --- determinism, batching, precision -----------------------------------------------------------------
+
+
+def test_deterministic_and_pure() -> None:
+    s = Kolmogorov(n=32)
+    a = s.sample_initial(2, generator=torch.Generator().manual_seed(7))
+    b = s.sample_initial(2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    copy = a.clone()
+    ya, yb = s.step(a, 2), s.step(b, 2)
+    assert torch.equal(ya, yb)
+    assert torch.equal(a, copy)  # not modified in place
+    z = s.step(a, 0)
+    assert torch.equal(z, a) and z is not a
+
+
+def test_batch_members_are_independent() -> None:
+    s = Kolmogorov(n=32)
+    x = s.sample_initial(3, generator=torch.Generator().manual_seed(11))
+    batch = s.step(x, 2)
+    for i in range(3):
+        torch.testing.assert_close(batch[i : i + 1], s.step(x[i : i + 1], 2), atol=1e-6, rtol=0)
+
+
+def test_float32_matches_float64() -> None:
+    s = Kolmogorov(n=32)
+    x64 = s.sample_initial(2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y64 = s.step(x64, 3)
+    y32 = s.step(x64.float(), 3)
+    assert y32.dtype == torch.float32
+    assert (y32.double() - y64).abs().max().item() < 1e-4 * y64.abs().max().item()
+
+
+def test_climatology() -> None:
+    s = Kolmogorov(n=32)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    clim = s.sample_climatology(2, generator=g1, spinup_steps=2)
+    torch.testing.assert_close(clim, s.step(s.sample_initial(2, generator=g2), 2), atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    s = Kolmogorov(n=64)
+    x = s.sample_initial(2, generator=torch.Generator().manual_seed(0))
+    cpu = s.step(x, 2)
+    gpu = s.step(x.cuda(), 2)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    assert s.sample_initial(2, generator=g, device="cuda").device.type == "cuda"
