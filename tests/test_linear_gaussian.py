@@ -115,3 +115,16 @@ def test_bad_use_raises():
         unstable.stationary_cov()
     with pytest.raises(ValueError, match="spinup_steps"):
         unstable.sample_climatology(2, generator=generator(0, "truth"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    system = _example()
+    x = system.sample_initial(8, generator=generator(0, "ensemble"), dtype=torch.float64)
+    xc = system.sample_initial(8, generator=generator(0, "ensemble"), dtype=torch.float64, device="cuda")
+    assert xc.device.type == "cuda" and torch.equal(xc.cpu(), x)
+    y = system.step(x, 3, generator=generator(0, "model_noise"))
+    yc = system.step(xc, 3, generator=generator(0, "model_noise"))  # CPU generator feeds CUDA states
+    torch.testing.assert_close(yc.cpu(), y, rtol=1e-12, atol=1e-12)
+    yg = system.step(xc.float(), 3, generator=generator(0, "model_noise", "cuda"))
+    assert yg.device.type == "cuda" and yg.dtype == torch.float32

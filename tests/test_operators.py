@@ -249,3 +249,27 @@ def test_bad_states_raise():
         Speed(0.1)(torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="NaN"):
         Sigmoid(2.0, 0.1).observe(torch.tensor([[float("inf")]]), generator=g)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "op",
+    [
+        grid_mask((2, 16, 16), stride=3, noise_std=0.1),
+        Sigmoid(2.0, 0.1, state_shape=(2, 16, 16)),
+        Speed(0.1, state_shape=(2, 16, 16)),
+    ],
+    ids=["grid", "sigmoid", "speed"],
+)
+def test_cuda_matches_cpu(op):
+    g = torch.Generator().manual_seed(3)
+    x, v = (torch.randn(4, 2, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    xc, vc = x.cuda(), v.cuda()
+    z = op.observe(x, generator=generator(0, "obs_noise"))
+    zc = op.observe(xc, generator=generator(0, "obs_noise"))  # CPU generator, CUDA states
+    assert zc.device.type == "cuda"
+    torch.testing.assert_close(zc.cpu(), z, rtol=1e-12, atol=1e-12)
+    zg = op.observe(xc.float(), generator=generator(0, "obs_noise", "cuda"))
+    assert zg.device.type == "cuda" and zg.dtype == torch.float32
+    torch.testing.assert_close(op.jvp(xc, vc).cpu(), op.jvp(x, v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.vjp(xc, vc).cpu(), op.vjp(x, v), rtol=1e-12, atol=1e-12)
