@@ -1,0 +1,91 @@
+# masf sweep: simulate -> dataset -> pretrain -> assimilate -> aggregate -> figures -> report.
+# The configuration is described in config/README.md; stages live in workflow/rules/*.smk.
+# Parsing this file must stay fast (every cluster job re-parses it): nothing here imports torch.
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from masf import config as mc
+
+
+configfile: "config/sweep.yaml"
+
+
+# One-line errors (key path, bad value, what is allowed) before any job starts; then Snakemake's own
+# validate() against the same schema fills the defaults into `config`.
+try:
+    CFG = mc.validate(config)
+except mc.ConfigError as err:
+    sys.exit(f"masf config error: {err}")
+validate(config, "workflow/schemas/sweep.schema.yaml")
+
+# How rules call the masf CLI: the interpreter running Snakemake, so no activated venv is needed.
+MASF = f"{shlex.quote(sys.executable)} -m masf.cli"
+
+
+def res(stage, key):
+    """A resource of a stage from the config's `resources` section."""
+    return CFG["resources"][stage][key]
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z][A-Za-z0-9_]*",
+    operator=r"[A-Za-z][A-Za-z0-9_]*",
+    method=r"[A-Za-z][A-Za-z0-9_]*",
+    seed=r"\d+",
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/assimilate.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        mc.METRICS,
+        mc.SUMMARY,
+        [
+            f"{mc.FIGURES.format(experiment=e)}/{name}.png"
+            for e in CFG["experiments"]
+            for name in mc.SUMMARY_FIGURES
+        ],
+        [
+            f"{mc.FIGURES.format(experiment=e)}/vorticity_{o}.png"
+            for e in mc.spatial_experiments(CFG)
+            for o in CFG["experiments"][e]["operators"]
+        ],
+
+
+onsuccess:
+    # Build results/report.html with the same config; a failure only warns (the sweep itself succeeded).
+    if not Path(mc.METRICS).exists():
+        print("masf: no results/metrics.nc, so no report was built", file=sys.stderr)
+    else:
+        Path("results/logs").mkdir(parents=True, exist_ok=True)
+        used = Path("results/logs/report-config.yaml")
+        used.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        command = [
+            sys.executable, "-m", "snakemake", "--report", "results/report.html",
+            "--snakefile", str(Path(workflow.main_snakefile).resolve()),
+            "--configfile", str(used),
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+                print(f"masf: WARNING: building results/report.html failed:\n{tail}", file=sys.stderr)
+            else:
+                print("masf: report written to results/report.html", file=sys.stderr)
+        except (OSError, subprocess.SubprocessError) as err:
+            print(f"masf: WARNING: building results/report.html failed: {err}", file=sys.stderr)

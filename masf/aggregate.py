@@ -1,0 +1,178 @@
+"""Collect run files into ``results/metrics.nc`` and a per-method summary table.
+
+``metrics.nc`` has dims ``experiment, operator, method, seed, time`` (``time`` = analysis cycle 1..K; NaN
+where a combination is not in the sweep or a run stopped early). Time means are over all cycles of a
+run and are NaN for a diverged run (its later cycles do not exist), so a filter that blew up never looks
+good. Wall-clock seconds come from the Snakemake benchmark files when they exist (the source of truth),
+otherwise from the run file's own timer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from masf import config as mc
+from masf.io import read_dataset
+
+# Per-cycle variables of a run file copied into metrics.nc: name -> (long_name, units).
+PER_CYCLE = {
+    "rmse": ("analysis RMSE of the ensemble mean", "state units"),
+    "spread": ("analysis ensemble spread (root mean variance)", "state units"),
+    "crps": ("analysis ensemble CRPS", "state units"),
+    "ssim": ("SSIM of the vorticity of the ensemble mean and the truth", "1"),
+}
+STAGES = ("forecast", "analysis", "finetune", "sampling")
+STATUS = {"not_run": 0, "ok": 1, "diverged": 2}
+
+
+def benchmark_seconds(path: str | Path) -> float:
+    """Wall-clock seconds (column ``s``) of a Snakemake benchmark TSV, NaN if absent or unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        return math.nan
+    try:
+        table = pd.read_csv(p, sep="\t")
+        return float(table["s"].iloc[0])
+    except (ValueError, KeyError, IndexError, pd.errors.ParserError):
+        return math.nan
+
+
+def _time_mean(values: np.ndarray, status: str) -> float:
+    if status != "ok" or values.size == 0 or not np.isfinite(values).any():
+        return math.nan
+    return float(np.nanmean(values))
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
+    """``metrics.nc`` content from the run files of ``runs`` (dicts of experiment/operator/method/seed)."""
+    if not runs:
+        raise ValueError("aggregate: the list of runs is empty")
+    axes = {k: list(dict.fromkeys(r[k] for r in runs)) for k in ("experiment", "operator", "method")}
+    axes["seed"] = sorted({int(r["seed"]) for r in runs})
+    loaded = []
+    n_time = 0
+    for r in runs:
+        ds = read_dataset(mc.RUN.format(**r))
+        n_time = max(n_time, ds.sizes["time"])
+        loaded.append((r, ds))
+    shape = tuple(len(axes[k]) for k in ("experiment", "operator", "method", "seed"))
+    per_cycle = {k: np.full((*shape, n_time), np.nan) for k in PER_CYCLE}
+    scalars = {
+        k: np.full(shape, np.nan)
+        for k in (
+            "rmse_mean",
+            "spread_mean",
+            "crps_mean",
+            "ssim_mean",
+            "wall_clock_s",
+            "wall_clock_pretrain_s",
+            *(f"wall_clock_{s}_s" for s in STAGES),
+        )
+    }
+    status = np.zeros(shape, dtype=np.int8)
+    spatial = False
+    for r, ds in loaded:
+        idx = (
+            axes["experiment"].index(r["experiment"]),
+            axes["operator"].index(r["operator"]),
+            axes["method"].index(r["method"]),
+            axes["seed"].index(int(r["seed"])),
+        )
+        state = str(ds.attrs.get("status", "ok"))
+        status[idx] = STATUS.get(state, STATUS["diverged"])
+        for name in PER_CYCLE:
+            if name in ds:
+                values = np.asarray(ds[name].values, dtype=float)
+                per_cycle[name][idx][: values.size] = values
+                scalars[f"{name}_mean"][idx] = _time_mean(values, state)
+        spatial = spatial or "ssim" in ds
+        for stage in STAGES:
+            scalars[f"wall_clock_{stage}_s"][idx] = float(ds.attrs.get(f"wall_clock_{stage}_s", math.nan))
+        bench = benchmark_seconds(
+            mc.BENCHMARK.format(
+                stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}".format(**r)
+            )
+        )
+        scalars["wall_clock_s"][idx] = (
+            bench if math.isfinite(bench) else float(ds.attrs.get("wall_clock_total_s", math.nan))
+        )
+        scalars["wall_clock_pretrain_s"][idx] = benchmark_seconds(
+            mc.BENCHMARK.format(stage="pretrain", name="{experiment}/{operator}/{method}".format(**r))
+        )
+
+    dims = ("experiment", "operator", "method", "seed")
+    data: dict[str, Any] = {}
+    for name, (long_name, units) in PER_CYCLE.items():
+        if name == "ssim" and not spatial:
+            continue
+        data[name] = ((*dims, "time"), per_cycle[name], {"long_name": long_name, "units": units})
+    described = {
+        "rmse_mean": ("time-mean analysis RMSE (NaN if diverged)", "state units"),
+        "spread_mean": ("time-mean analysis spread (NaN if diverged)", "state units"),
+        "crps_mean": ("time-mean analysis CRPS (NaN if diverged)", "state units"),
+        "ssim_mean": ("time-mean vorticity SSIM, 2-D systems only (NaN if diverged)", "1"),
+        "wall_clock_s": ("wall-clock of the assimilate job (Snakemake benchmark)", "s"),
+        "wall_clock_pretrain_s": ("wall-clock of the pretraining job, shared by all seeds", "s"),
+    }
+    for stage in STAGES:
+        described[f"wall_clock_{stage}_s"] = (f"wall-clock of the {stage} stage inside the run", "s")
+    for name, (long_name, units) in described.items():
+        if name == "ssim_mean" and not spatial:
+            continue
+        data[name] = (dims, scalars[name], {"long_name": long_name, "units": units})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skill = scalars["spread_mean"] / scalars["rmse_mean"]
+    data["spread_skill"] = (dims, skill, {"long_name": "spread / RMSE (1 = calibrated)", "units": "1"})
+    data["status"] = (
+        dims,
+        status,
+        {
+            "long_name": "run status",
+            "flag_values": np.array(list(STATUS.values()), dtype=np.int8),
+            "flag_meanings": " ".join(STATUS),
+        },
+    )
+    coords = {
+        "experiment": axes["experiment"],
+        "operator": axes["operator"],
+        "method": axes["method"],
+        "seed": np.array(axes["seed"], dtype=np.int64),
+        "time": ("time", np.arange(1, n_time + 1), {"long_name": "analysis cycle", "units": "1"}),
+    }
+    return xr.Dataset(data, coords=coords, attrs={"title": "masf sweep metrics", "Conventions": "CF-1.8"})
+
+
+def summary_table(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per (experiment, operator, method) in the sweep: means and standard deviations over seeds."""
+    rows = []
+    for e in ds.experiment.values:
+        for o in ds.operator.values:
+            for m in ds.method.values:
+                sel = ds.sel({"experiment": e, "operator": o, "method": m})
+                status = sel["status"].values
+                if not (status > 0).any():
+                    continue
+                row: dict[str, Any] = {
+                    "experiment": e,
+                    "operator": o,
+                    "method": m,
+                    "seeds": int((status > 0).sum()),
+                    "diverged": int((status == STATUS["diverged"]).sum()),
+                }
+                for name in ("rmse_mean", "spread_skill", "crps_mean", "ssim_mean", "wall_clock_s"):
+                    if name not in ds:
+                        continue
+                    values = sel[name].values[status > 0]
+                    finite = values[np.isfinite(values)]
+                    row[name] = float(finite.mean()) if finite.size else math.nan
+                    if name == "rmse_mean":
+                        row["rmse_std"] = float(finite.std()) if finite.size else math.nan
+                rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,451 @@
+"""Sweep configuration: loading, schema validation with defaults, cross-field checks, and per-job specs.
+
+The Snakefile imports this module at parse time, and every remote job re-parses the Snakefile, so it
+must stay light: no torch, no masf submodule that imports torch. The allowed parameter names of systems,
+operators and filters are therefore kept here as static tables; ``tests/test_config_validation.py``
+checks them against the dataclass fields of the real classes.
+
+Every error is a :class:`ConfigError` whose message is one line: the key path, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "sweep.schema.yaml"
+
+# Output layout (relative to the working directory); shared by the Snakefile and the CLI.
+DATA = "results/data/{experiment}/seed{seed}.nc"
+SNAPSHOTS = "results/datasets/{experiment}.nc"
+CHECKPOINT = "results/checkpoints/{experiment}/{operator}/{method}.pt"
+RUN = "results/runs/{experiment}/{operator}/{method}/seed{seed}.nc"
+METRICS = "results/metrics.nc"
+SUMMARY = "results/summary.csv"
+LOG = "results/logs/{stage}/{name}.log"
+BENCHMARK = "results/benchmarks/{stage}/{name}.tsv"
+FIGURES = "results/figures/{experiment}"
+SUMMARY_FIGURES = ("rmse_time", "rmse_mean", "spread_rmse", "wall_clock")
+
+# Spatial kind of each system's state: 1 = a vector (N, D), 2 = a 2-D velocity field (N, 2, n, n).
+SYSTEM_DIMS: dict[str, int] = {"lorenz63": 1, "lorenz96": 1, "linear_gaussian": 1, "kolmogorov": 2}
+
+# Parameter kinds: "int+" integer >= 1 ("int+?" also null), "int0" integer >= 0, "num+" number > 0,
+# "num0" number >= 0, "num1" number >= 1, "num" any finite number, "frac" number in (0, 1), "frac1" in
+# (0, 1], "unit" in [0, 1], "bool", "str", "matrix" (nested lists or a JSON string), "floats" (a list
+# of numbers), or a tuple of allowed strings.
+Kind = str | tuple[str, ...]
+
+SYSTEM_PARAMS: dict[str, dict[str, Kind]] = {
+    "lorenz63": {"sigma": "num+", "rho": "num+", "beta": "num+", "dt": "num+"},
+    "lorenz96": {"dim": "int+", "forcing": "num", "dt": "num+"},
+    "linear_gaussian": {
+        "dim": "int+",
+        "radius": "frac",
+        "angle": "num",
+        "F": "matrix",
+        "Q": "matrix",
+        "mean0": "matrix",
+        "cov0": "matrix",
+        "dt": "num+",
+    },
+    "kolmogorov": {
+        "n": "int+",
+        "reynolds": "num+",
+        "forcing_amplitude": "num",
+        "forcing_wavenumber": "int+",
+        "drag": "num0",
+        "dt": "num+",
+        "max_velocity": "num+",
+        "courant": "num+",
+        "inner_steps": "int+?",
+        "init_max_velocity": "num+",
+        "init_peak_wavenumber": "num+",
+        "spinup_steps": "int0",
+    },
+}
+
+# Operators: which state kinds they fit (1-D vectors, 2-D fields), linear or not, and their parameters
+# besides ``noise_std`` (every operator has it).
+OPERATOR_DIMS: dict[str, tuple[int, ...]] = {
+    "mask": (1, 2),
+    "grid_mask": (1, 2),
+    "center_mask": (2,),
+    "random_mask": (1, 2),
+    "every_kth": (1,),
+    "identity": (1, 2),
+    "sigmoid": (1, 2),
+    "speed": (2,),
+}
+LINEAR_OPERATORS = frozenset({"mask", "grid_mask", "center_mask", "random_mask", "every_kth", "identity"})
+OPERATOR_PARAMS: dict[str, dict[str, Kind]] = {
+    "mask": {"mask": "matrix"},
+    "grid_mask": {"stride": "int+", "offset": "int0"},
+    "center_mask": {"hole_ratio": "frac"},
+    "random_mask": {"fraction": "frac1", "seed": "int0"},
+    "every_kth": {"k": "int+", "offset": "int0"},
+    "identity": {},
+    "sigmoid": {"alpha": "num+"},
+    "speed": {"threshold": "num", "sharpness": "num+"},
+}
+
+# Filters: hyper-parameters (the dataclass fields) and whether they are score-based (pretrained).
+SCORE_BASED = frozenset({"masf", "sf", "ssls"})
+_NETWORK: dict[str, Kind] = {
+    "width": "int+",
+    "depth": "int+",
+    "pretrain_epochs": "int+",
+    "pretrain_batch": "int+",
+    "pretrain_lr": "num+",
+    "finetune_epochs": "int0",
+    "finetune_batch": "int+",
+    "finetune_lr": "num+",
+}
+FILTER_PARAMS: dict[str, dict[str, Kind]] = {
+    "masf": {
+        "sampler": ("reference", "bridge", "nonlinear"),
+        "nfe": "int+",
+        "T": "frac",
+        "tau": "num+",
+        "normalize": "bool",
+        "norm_form": ("affine", "scale_only"),
+        "norm_update": ("fixed", "adaptive"),
+        "w_s": "floats",
+        "w_g": "floats",
+        **_NETWORK,
+    },
+    "sf": {"nfe": "int+", "sigma_max": "num+", "tol": "num+", **_NETWORK},
+    "ssls": {"sigma": "num+", "nfe": "int+", "step": "num+", "decay": "num0", "tol": "num+", **_NETWORK},
+    "enkf": {
+        "variant": ("sqrt", "pertobs"),
+        "inflation": "num1",
+        "rotate": "bool",
+        "mode": ("full", "diag"),
+        "eps": "num0",
+        "center_perturbations": "bool",
+    },
+    "letkf": {
+        "radius": "num+",
+        "inflation": "num1",
+        "rotate": "bool",
+        "eps": "num0",
+        "taper": ("gaspari_cohn", "boxcar"),
+        "same_channel_only": "bool",
+    },
+    "pf": {"resampling": ("systematic", "multinomial"), "reg": "num0", "ess_threshold": "unit"},
+}
+# Hyper-parameters used only when sampling (not when pretraining): changing them must not rerun the
+# pretraining job, so they are left out of its params.
+SAMPLING_ONLY: dict[str, frozenset[str]] = {
+    "masf": frozenset({"sampler", "nfe", "w_s", "w_g", "finetune_epochs", "finetune_batch", "finetune_lr"}),
+    "sf": frozenset({"nfe", "tol", "finetune_epochs", "finetune_batch", "finetune_lr"}),
+    "ssls": frozenset({"nfe", "step", "decay", "tol", "finetune_epochs", "finetune_batch", "finetune_lr"}),
+}
+# MASF samplers that need a linear (mask) operator.
+LINEAR_ONLY_SAMPLERS = frozenset({"reference", "bridge"})
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the key path and what is allowed."""
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (no validation)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON schema of a sweep configuration (``workflow/schemas/sweep.schema.yaml``)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _path(parts: Any) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"{where}: {error.instance!r} is not allowed; allowed: {allowed}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "pattern" or error.validator == "propertyNames":
+        return f"{where}: name {error.instance!r} must match {error.schema.get('pattern', '[A-Za-z][A-Za-z0-9_]*')}"
+    message = " ".join(error.message.split())
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return f"{where}: {message}"
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Insert schema ``default`` values in place, recursively (only where keys are missing)."""
+    ref = schema.get("$ref")
+    if ref:
+        schema = root["$defs"][ref.rsplit("/", 1)[-1]]
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            resolved = root["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+        else:
+            resolved = sub
+        if key not in instance and "default" in resolved:
+            instance[key] = copy.deepcopy(resolved["default"])
+        if key in instance:
+            _fill_defaults(instance[key], resolved, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def _check_kind(value: Any, kind: Kind, where: str) -> None:
+    def bad(allowed: str) -> ConfigError:
+        return ConfigError(f"{where}: {json.dumps(value)} is invalid; allowed: {allowed}")
+
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_num = (is_int or isinstance(value, float)) and math.isfinite(value)
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise bad(f"one of {', '.join(kind)}")
+    elif kind == "int+" and not (is_int and value >= 1):
+        raise bad("an integer >= 1")
+    elif kind == "int+?" and not (value is None or (is_int and value >= 1)):
+        raise bad("an integer >= 1 or null")
+    elif kind == "num1" and not (is_num and value >= 1):
+        raise bad("a number >= 1")
+    elif kind == "frac1" and not (is_num and 0 < value <= 1):
+        raise bad("a number in (0, 1]")
+    elif kind == "unit" and not (is_num and 0 <= value <= 1):
+        raise bad("a number in [0, 1]")
+    elif kind == "int0" and not (is_int and value >= 0):
+        raise bad("an integer >= 0")
+    elif kind == "num+" and not (is_num and value > 0):
+        raise bad("a number > 0")
+    elif kind == "num0" and not (is_num and value >= 0):
+        raise bad("a number >= 0")
+    elif kind == "num" and not is_num:
+        raise bad("a finite number")
+    elif kind == "frac" and not (is_num and 0 < value < 1):
+        raise bad("a number strictly between 0 and 1")
+    elif kind == "bool" and not isinstance(value, bool):
+        raise bad("true or false")
+    elif kind == "str" and not isinstance(value, str):
+        raise bad("a string")
+    elif kind == "floats" and not (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        raise bad("a non-empty list of numbers")
+    elif kind == "matrix" and not isinstance(value, list | str):
+        raise bad("a nested list of numbers or a JSON string")
+
+
+def _check_params(params: dict[str, Any], table: dict[str, Kind], where: str, owner: str) -> None:
+    for key, value in params.items():
+        if key not in table:
+            allowed = ", ".join(sorted(table)) or "(none)"
+            raise ConfigError(f"{where}.{key}: unknown parameter of {owner}; allowed: {allowed}")
+        _check_kind(value, table[key], f"{where}.{key}")
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Cross-field checks of a schema-valid config; raises :class:`ConfigError` (one line)."""
+    methods = cfg["methods"]
+    for name, method in methods.items():
+        flt = method["filter"]
+        params = {k: v for k, v in method.items() if k != "filter"}
+        _check_params(params, FILTER_PARAMS[flt], f"methods.{name}", f"filter {flt!r}")
+    for ename, exp in cfg["experiments"].items():
+        where = f"experiments.{ename}"
+        system = exp["system"]["name"]
+        sys_params = {k: v for k, v in exp["system"].items() if k != "name"}
+        _check_params(sys_params, SYSTEM_PARAMS[system], f"{where}.system", f"system {system!r}")
+        for i, mname in enumerate(exp["methods"]):
+            if mname not in methods:
+                raise ConfigError(
+                    f"{where}.methods[{i}]: unknown method {mname!r}; defined in methods: {', '.join(methods)}"
+                )
+        for oname, op in exp["operators"].items():
+            owhere = f"{where}.operators.{oname}"
+            kind = op["operator"]
+            if SYSTEM_DIMS[system] not in OPERATOR_DIMS[kind]:
+                fitting = [k for k, d in OPERATOR_DIMS.items() if SYSTEM_DIMS[system] in d]
+                raise ConfigError(
+                    f"{owhere}.operator: {kind!r} does not fit system {system!r}; allowed: {', '.join(fitting)}"
+                )
+            op_params = {k: v for k, v in op.items() if k not in ("operator", "noise_std", "methods")}
+            _check_params(op_params, OPERATOR_PARAMS[kind], owhere, f"operator {kind!r}")
+            if system == "kolmogorov" and kind == "grid_mask" and "stride" in op:
+                size = sys_params.get("n")
+                if size is not None and op["stride"] >= size:
+                    raise ConfigError(
+                        f"{owhere}.stride: {op['stride']} leaves one row per channel; allowed: < n = {size}"
+                    )
+            for i, mname in enumerate(op.get("methods", exp["methods"])):
+                mwhere = f"{owhere}.methods[{i}]" if "methods" in op else f"{where}.methods"
+                if mname not in methods:
+                    raise ConfigError(
+                        f"{mwhere}: unknown method {mname!r}; defined in methods: {', '.join(methods)}"
+                    )
+                method = methods[mname]
+                sampler = method.get("sampler", "reference")
+                if (
+                    method["filter"] == "masf"
+                    and sampler in LINEAR_ONLY_SAMPLERS
+                    and kind not in LINEAR_OPERATORS
+                ):
+                    raise ConfigError(
+                        f"{mwhere}: method {mname!r} (masf, sampler {sampler}) needs a linear operator, "
+                        f"but {oname!r} is {kind!r}; allowed samplers for it: nonlinear "
+                        f"(or set {owhere}.methods)"
+                    )
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Schema-check ``cfg``, fill defaults, cross-check; returns a new, complete config dict."""
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(cfg))
+    if errors:
+        raise ConfigError(_schema_message(jsonschema.exceptions.best_match(errors)))
+    out = copy.deepcopy(cfg)
+    _fill_defaults(out, schema, schema)
+    check_config(out)
+    return out
+
+
+def load_validated(path: str | Path) -> dict[str, Any]:
+    """``validate(load(path))``."""
+    return validate(load(path))
+
+
+# ---- the jobs a config asks for ---------------------------------------------------------------------
+
+
+def methods_for(cfg: dict[str, Any], experiment: str, operator: str) -> list[str]:
+    """Method names run with ``operator`` in ``experiment``."""
+    exp = cfg["experiments"][experiment]
+    return list(exp["operators"][operator].get("methods", exp["methods"]))
+
+
+def is_score_based(cfg: dict[str, Any], method: str) -> bool:
+    """Whether ``method`` uses a pretrained score network."""
+    return cfg["methods"][method]["filter"] in SCORE_BASED
+
+
+def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (experiment, operator, method, seed) of the sweep, as wildcard dicts."""
+    out = []
+    for ename, exp in cfg["experiments"].items():
+        for oname in exp["operators"]:
+            for mname in methods_for(cfg, ename, oname):
+                for seed in exp["seeds"]:
+                    out.append({"experiment": ename, "operator": oname, "method": mname, "seed": seed})
+    return out
+
+
+def pretrain_jobs(cfg: dict[str, Any]) -> list[dict[str, str]]:
+    """Every (experiment, operator, method) with a score-based method: one checkpoint each."""
+    seen = []
+    for run in runs(cfg):
+        key = {k: run[k] for k in ("experiment", "operator", "method")}
+        if is_score_based(cfg, run["method"]) and key not in seen:
+            seen.append(key)
+    return seen
+
+
+def spatial_experiments(cfg: dict[str, Any]) -> list[str]:
+    """Experiments whose state is a 2-D field (they get vorticity panels)."""
+    return [e for e, x in cfg["experiments"].items() if SYSTEM_DIMS[x["system"]["name"]] == 2]
+
+
+# ---- what each stage needs (the rules pass these as params, so a change reruns the stage) ----------
+
+
+def _operator(cfg: dict[str, Any], experiment: str, operator: str) -> dict[str, Any]:
+    op = cfg["experiments"][experiment]["operators"][operator]
+    return {k: v for k, v in op.items() if k != "methods"}
+
+
+def simulate_spec(cfg: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """System, all operators, cycles and steps per cycle: what the truth and observations depend on."""
+    exp = cfg["experiments"][experiment]
+    return {
+        "system": exp["system"],
+        "operators": {o: _operator(cfg, experiment, o) for o in exp["operators"]},
+        "cycles": exp["cycles"],
+        "steps_per_cycle": exp["steps_per_cycle"],
+        "spinup_steps": exp["spinup_steps"],
+        "dtype": cfg["dtype"],
+    }
+
+
+def dataset_spec(cfg: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """System and snapshot count: what the pretraining snapshots depend on."""
+    exp = cfg["experiments"][experiment]
+    return {
+        "system": exp["system"],
+        "samples": exp["dataset"]["samples"],
+        "seed": exp["dataset"]["seed"],
+        "spinup_steps": exp["spinup_steps"],
+        "dtype": cfg["dtype"],
+    }
+
+
+def pretrain_spec(cfg: dict[str, Any], experiment: str, operator: str, method: str) -> dict[str, Any]:
+    """Operator, state shape source and the training-relevant hyper-parameters of ``method``."""
+    exp = cfg["experiments"][experiment]
+    m = cfg["methods"][method]
+    skip = SAMPLING_ONLY.get(m["filter"], frozenset())
+    return {
+        "system": exp["system"],
+        "operator": _operator(cfg, experiment, operator),
+        "method": {k: v for k, v in m.items() if k not in skip},
+        "seed": exp["dataset"]["seed"],
+        "device": cfg["device"],
+    }
+
+
+def assimilate_spec(cfg: dict[str, Any], experiment: str, operator: str, method: str) -> dict[str, Any]:
+    """Everything one filtering run depends on (besides the seed and its input files)."""
+    exp = cfg["experiments"][experiment]
+    return {
+        "system": exp["system"],
+        "operator": _operator(cfg, experiment, operator),
+        "method": cfg["methods"][method],
+        "ensemble_size": exp["ensemble_size"],
+        "steps_per_cycle": exp["steps_per_cycle"],
+        "spinup_steps": exp["spinup_steps"],
+        "device": cfg["device"],
+        "dtype": cfg["dtype"],
+        "names": {"experiment": experiment, "operator": operator, "method": method},
+    }
+
+
+def to_json(spec: dict[str, Any]) -> str:
+    """Canonical JSON (sorted keys, compact) so that equal specs give equal Snakemake params."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,79 @@
+"""Files: atomic writes of NetCDF datasets and other outputs, and reading them back.
+
+Every output is first written to a temporary file in the destination folder, then renamed with
+``os.replace`` (atomic on POSIX within one file system). A job killed half-way therefore leaves either the
+old file, or no file, never a truncated one that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _netcdf_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """NetCDF attributes hold numbers, strings and 1-D numeric arrays; booleans become 0/1, None ''."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif value is None:
+            out[key] = ""
+        elif isinstance(value, dict):
+            out[key] = repr(value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_dataset(ds: xr.Dataset, path: str | Path) -> None:
+    """Write ``ds`` to the NetCDF file ``path`` atomically (netCDF4 engine, zlib-compressed floats)."""
+    ds = ds.copy()
+    ds.attrs = _netcdf_attrs(dict(ds.attrs))
+    for name in ds.data_vars:
+        ds[name].attrs = _netcdf_attrs(dict(ds[name].attrs))
+    encoding = {
+        name: {"zlib": True, "complevel": 1} for name, var in ds.data_vars.items() if var.dtype.kind == "f"
+    }
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+
+
+def read_dataset(path: str | Path) -> xr.Dataset:
+    """Open a NetCDF file written by :func:`write_dataset` fully into memory (the file is closed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such NetCDF file: {p}")
+    with xr.open_dataset(p, engine="netcdf4") as ds:
+        return ds.load()
