@@ -128,7 +128,8 @@ def test_taylor_green_advected_by_mean_flow() -> None:
     xs, ys = x - 0.5 * t, y + 0.25 * t
     moved = torch.stack((torch.sin(k * xs) * torch.cos(k * ys), -torch.cos(k * xs) * torch.sin(k * ys)))[None]
     expected = mean + math.exp(-2 * nu * k**2 * t) * moved
-    torch.testing.assert_close(s.step(_taylor_green(n, k) + mean, steps), expected, atol=1e-9, rtol=0)
+    # Only the O(h³) phase error of advection by U remains: about 55 steps · (|k U| h)⁴/24 ≈ 2e-8.
+    torch.testing.assert_close(s.step(_taylor_green(n, k) + mean, steps), expected, atol=2e-7, rtol=0)
 
 
 def test_laminar_state_is_a_fixed_point() -> None:
@@ -151,13 +152,13 @@ def test_spin_up_from_rest() -> None:
     torch.testing.assert_close(out, expected, atol=1e-13, rtol=0)
 
 
-def test_fourth_order_in_time() -> None:
-    """Halving the inner step cuts the error of one outer step by about 2⁴ = 16 (turbulent initial state)."""
+def test_third_order_in_time() -> None:
+    """Halving the inner step cuts the error of one outer step by about 2³ = 8 (turbulent initial state)."""
     g = torch.Generator().manual_seed(3)
     x0 = Kolmogorov(n=32).sample_initial(1, generator=g, dtype=torch.float64)
-    ref = Kolmogorov(n=32, inner_steps=64).step(x0)
-    err = [(Kolmogorov(n=32, inner_steps=m).step(x0) - ref).abs().max().item() for m in (4, 8)]
-    assert err[0] / err[1] > 12.0, err
+    ref = Kolmogorov(n=32, inner_steps=128).step(x0)
+    err = [(Kolmogorov(n=32, inner_steps=m).step(x0) - ref).abs().max().item() for m in (8, 16)]
+    assert 6.5 < err[0] / err[1] < 10.0, err
 
 
 # --- invariants ---------------------------------------------------------------------------------------

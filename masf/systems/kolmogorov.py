@@ -14,29 +14,31 @@ and shift by half a cell before comparing fields point by point.)
 
 Method. Taking the curl gives the vorticity equation for ω = ∂v/∂x − ∂u/∂y,
 
-    ∂ω/∂t = −∇·(u ω) − (ν |k|² + μ) ω − F k_f cos(k_f y),
+    ∂ω/∂t = −u·∇ω − (ν |k|² + μ) ω − F k_f cos(k_f y),
 
-solved in Fourier space (``torch.fft.rfft2``) with integer wavenumbers k = (k_x, k_y). The velocity is
-recovered from the streamfunction, ψ̂ = ω̂ / |k|², û = i k_y ψ̂, v̂ = −i k_x ψ̂, so it is divergence-free
-by construction (a Leray projection of the input: the divergent part of an input state is dropped, as
-jax-cfd's pressure projection does). The spatial mean velocity is not seen by ω; it obeys dU/dt = −μ U
-and is carried exactly. The quadratic term is evaluated in physical space in flux form and dealiased
-with the 2/3 rule (modes with max(|k_x|, |k_y|) ≥ n/3 of the product are zeroed); Nyquist modes of the
-input are dropped (their derivative is undefined).
+solved in Fourier space (``torch.fft.rfft2``, integer wavenumbers k = (k_x, k_y)) on the 2/3-rule band
+max(|k_x|, |k_y|) < n/3: the state is truncated to the band on input and the quadratic term is projected
+onto it, so products are alias-free (Galerkin truncation). The velocity comes from the streamfunction,
+ψ̂ = ω̂ / |k|², û = i k_y ψ̂, v̂ = −i k_x ψ̂, so it is divergence-free by construction (a Leray projection
+of the input: its divergent part is dropped, as jax-cfd's pressure projection does). The spatial mean
+velocity U is not seen by ω; it obeys dU/dt = −μU and is carried exactly. The advection term uses
+Basdevant's form u·∇ω = (∂x² − ∂y²)(uv) + ∂x∂y(v² − u²): four real FFTs per evaluation.
 
-Time integration: a Lawson integrating-factor RK4 (fourth order) on the deviation θ = ω − ω_L from the
-laminar state ω̂_L = −f̂_ω / L, where L(k) = −(ν|k|² + μ) < 0. The linear viscous and drag terms and
-the constant forcing are thereby integrated exactly (no stiffness limit from viscosity at any n, and
-the laminar Kolmogorov flow u = sin(k_f y) / (ν k_f² + μ) is an exact fixed point to round-off); only
-the advection term limits the step. Like jax-cfd, the inner step comes from a fixed CFL bound rather
-than the current field, so the number of inner steps per outer step Δt is a deterministic constant:
+Time integration: the Lawson (integrating-factor) form of Kutta's third-order Runge-Kutta method on the
+deviation θ = ω − ω_L from the laminar state ω̂_L = −f̂_ω / L, with L(k) = −(ν|k|² + μ) < 0. Viscosity,
+drag and the constant forcing are integrated exactly (no viscous stiffness limit at any n, and the
+laminar flow u = F sin(k_f y) / (ν k_f² + μ) is a fixed point to round-off); only advection limits the
+step. Like jax-cfd, the inner step comes from a fixed CFL bound, not from the current field, so the
+number of inner steps per outer step Δt is a deterministic constant:
 
     h_max = courant · (2π / n) / max_velocity,      inner_steps = ceil(Δt / h_max),   h = Δt / inner_steps,
 
-with max_velocity = 5 and courant = 0.5 (21 / 41 / 82 / 163 inner steps at n = 64 / 128 / 256 / 512,
-the same counts as jax-cfd). RK4 is stable on the imaginary axis up to |λh| = 2√2, and at this step the
-largest advective rate |k|·|u| ≤ (n/3)·5 gives |λh| ≤ 0.5·2π/3 ≈ 1.05, so the margin is wide.
-``inner_steps`` overrides the count.
+with max_velocity = 5 and courant = 0.5 (21 / 41 / 82 / 163 inner steps at n = 64 / 128 / 256 / 512, the
+counts of jax-cfd, which takes first-order forward-Euler steps of that size). Why third order: every
+three-stage third-order RK is stable on the imaginary axis up to |λh| = √3, and the fastest resolved
+advective rate, |k|·|u| ≤ √2 (n/3) · max_velocity, gives |λh| ≤ √2 π/3 · courant/0.5 ≈ 1.48 here; its
+time error (measured: 8× smaller per halving of h) is far below the spatial truncation error, and a
+fourth stage (RK4) would cost a third more FFTs for no visible gain. ``inner_steps`` overrides the count.
 """
 
 from __future__ import annotations
@@ -55,17 +57,15 @@ _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 @dataclass(frozen=True)
 class _Spectral:
-    """Wavenumber grids for the rfft2 layout ``(n, n//2 + 1)`` (rows k_y, columns k_x), one dtype/device."""
+    """Wavenumber grids for the rfft2 layout ``(n, m = n//2 + 1)`` (rows k_y, columns k_x), one dtype/device."""
 
-    kx: Tensor  # (1, m) integer k_x as floats, Nyquist column set to 0 for derivatives
-    ky: Tensor  # (n, 1) integer k_y as floats, Nyquist row set to 0 for derivatives
-    k2: Tensor  # (n, m) |k|² (true values)
-    inv_k2: Tensor  # (n, m) 1/|k|², 0 at k = 0
-    keep: Tensor  # (n, m) 1 except on the Nyquist row/column and at k = 0
-    dealias: Tensor  # (n, m) 1 where max(|k_x|, |k_y|) < n/3, else 0 (and 0 at k = 0)
-    to_fields: Tensor  # (3, n, m) complex: ω̂ -> (û, v̂, ω̂) = (i k_y, −i k_x, |k|²) ω̂ / |k|²
-    flux_x: Tensor  # (n, m) complex −i k_x · dealias: F(u ω) -> −∂x(u ω), dealiased
-    flux_y: Tensor  # (n, m) complex −i k_y · dealias
+    kx: Tensor  # (1, m) integer k_x as floats, Nyquist column set to 0 (derivatives)
+    ky: Tensor  # (n, 1) integer k_y as floats, Nyquist row set to 0 (derivatives)
+    k2: Tensor  # (n, m) |k|²
+    band: Tensor  # (n, m) 1 where k ≠ 0 and max(|k_x|, |k_y|) < n/3 (the 2/3 rule), else 0
+    to_uv: Tensor  # (2, n, m) complex: ω̂ -> (û, v̂) = (i k_y, −i k_x) ω̂ / |k|², on the band
+    g_uv: Tensor  # (n, m) complex (k_x² − k_y²) on the band: F(uv) -> part of −F(u·∇ω)
+    g_d: Tensor  # (n, m) complex k_x k_y on the band: F(v² − u²) -> the other part
 
 
 @functools.lru_cache(maxsize=32)
@@ -73,29 +73,21 @@ def _spectral(n: int, device: torch.device, dtype: torch.dtype) -> _Spectral:
     idx = torch.arange(n, device=device)
     ky_int = torch.where(idx < n // 2, idx, idx - n)  # 0..n/2-1, -n/2..-1
     kx_int = torch.arange(n // 2 + 1, device=device)
-    ky_full = ky_int.to(dtype)[:, None]
-    kx_full = kx_int.to(dtype)[None, :]
-    k2 = kx_full**2 + ky_full**2
-    inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
-    nyq_y = (ky_int.abs() == n // 2)[:, None]
-    nyq_x = (kx_int == n // 2)[None, :]
-    keep = ~(nyq_y | nyq_x) & (k2 > 0)
-    cut = n / 3.0
-    dealias = ((ky_int.abs()[:, None] < cut) & (kx_int[None, :] < cut) & (k2 > 0)).to(dtype)
-    kx = torch.where(nyq_x, torch.zeros_like(kx_full), kx_full)
-    ky = torch.where(nyq_y, torch.zeros_like(ky_full), ky_full)
-    one = torch.ones_like(k2)
-    to_fields = torch.stack((1j * ky * inv_k2, -1j * kx * inv_k2, one.to(_COMPLEX[dtype])))
+    ky = torch.where(ky_int.abs() == n // 2, 0, ky_int).to(dtype)[:, None]
+    kx = torch.where(kx_int == n // 2, 0, kx_int).to(dtype)[None, :]
+    k2 = kx_int.to(dtype)[None, :] ** 2 + ky_int.to(dtype)[:, None] ** 2
+    band = (ky_int.abs()[:, None] < n / 3) & (kx_int[None, :] < n / 3) & (k2 > 0)
+    band = band.to(dtype)
+    inv_k2 = band / torch.where(k2 > 0, k2, torch.ones_like(k2))
+    complex_dtype = _COMPLEX[dtype]
     return _Spectral(
         kx=kx,
         ky=ky,
         k2=k2,
-        inv_k2=inv_k2,
-        keep=keep.to(dtype),
-        dealias=dealias,
-        to_fields=to_fields,
-        flux_x=-1j * kx * dealias,
-        flux_y=-1j * ky * dealias,
+        band=band,
+        to_uv=torch.stack((1j * ky * inv_k2, -1j * kx * inv_k2)),
+        g_uv=((kx**2 - ky**2) * band).to(complex_dtype),
+        g_d=(kx * ky * band).to(complex_dtype),
     )
 
 
@@ -245,29 +237,31 @@ class Kolmogorov:
         return w_hat
 
     def _to_spectral(self, x: Tensor, sp: _Spectral) -> tuple[Tensor, Tensor]:
-        """Velocity (N, 2, n, n) -> (ω̂ (N, n, m) without Nyquist and mean modes, mean velocity (N, 2, 1, 1))."""
+        """Velocity (N, 2, n, n) -> (ω̂ on the 2/3 band (N, n, m), mean velocity U (N, 2, 1, 1))."""
         uh = torch.fft.rfft2(x)
-        wh = 1j * (sp.kx * uh[:, 1] - sp.ky * uh[:, 0]) * sp.keep
-        mean = x.mean(dim=(-2, -1), keepdim=True)
-        return wh, mean
+        wh = 1j * (sp.kx * uh[:, 1] - sp.ky * uh[:, 0]) * sp.band
+        return wh, x.mean(dim=(-2, -1), keepdim=True)
 
     def _to_velocity(self, wh: Tensor, mean: Tensor, sp: _Spectral) -> Tensor:
-        """(ω̂, mean) -> velocity (N, 2, n, n) via the streamfunction ψ̂ = ω̂/|k|²."""
-        psi = wh * sp.inv_k2
-        uvh = torch.stack((1j * sp.ky * psi, -1j * sp.kx * psi), dim=1)
-        return torch.fft.irfft2(uvh, s=(self.n, self.n)) + mean
+        """(ω̂, U) -> velocity (N, 2, n, n) through the streamfunction ψ̂ = ω̂/|k|²."""
+        return torch.fft.irfft2(wh[:, None] * sp.to_uv, s=(self.n, self.n)) + mean
 
-    def _advection(self, theta: Tensor, mean: Tensor | None, sp: _Spectral, lam_fields: Tensor) -> Tensor:
-        """N̂(θ) = −P_{2/3}[i k·F((u + U) ω)] with ω̂ = θ + ω̂_L; (N, n, m) -> (N, n, m).
+    def _advection(self, theta: Tensor, mean: Tensor | None, sp: _Spectral, lam_uv: Tensor) -> Tensor:
+        """N̂(θ) = −F(u·∇ω) on the 2/3 band, for ω̂ = θ + ω̂_L; (N, n, m) -> (N, n, m).
 
-        ``lam_fields`` is ω̂_L · ``to_fields`` (3, n, m); ``mean`` is the mean velocity U (N, 2, 1, 1), or
-        None when it is zero (saves one pass).
+        Basdevant's form u·∇ω = (∂x² − ∂y²)(uv) + ∂x∂y(v² − u²) (div-free u) needs four real FFTs
+        (u, v back; uv, v² − u² forward) instead of five. ``lam_uv`` = ω̂_L · ``to_uv`` (2, n, m);
+        ``mean`` is the mean velocity U (N, 2, 1, 1), or None when it is zero.
         """
-        fields_hat = torch.addcmul(lam_fields, theta[:, None], sp.to_fields)  # (N, 3, n, m): û, v̂, ω̂
-        fields = torch.fft.irfft2(fields_hat, s=(self.n, self.n))
-        uv = fields[:, :2] if mean is None else fields[:, :2] + mean
-        flux = torch.fft.rfft2(uv * fields[:, 2:3])  # F(u ω), F(v ω)
-        return torch.addcmul(flux[:, 0] * sp.flux_x, flux[:, 1], sp.flux_y)
+        uv = torch.fft.irfft2(torch.addcmul(lam_uv, theta[:, None], sp.to_uv), s=(self.n, self.n))
+        if mean is not None:
+            uv = uv + mean
+        u, v = uv[:, 0], uv[:, 1]
+        prods = torch.empty_like(uv)
+        torch.mul(u, v, out=prods[:, 0])
+        torch.mul(v - u, v + u, out=prods[:, 1])
+        ph = torch.fft.rfft2(prods)
+        return torch.addcmul(ph[:, 0] * sp.g_uv, ph[:, 1], sp.g_d)
 
     # ----------------------------------------------------------------------------------------------
     # System interface
@@ -280,7 +274,7 @@ class Kolmogorov:
             return x.clone()
         sp = _spectral(self.n, x.device, x.dtype)
         w_lam = self._laminar_hat(sp, x.dtype)
-        lam_fields = w_lam * sp.to_fields
+        lam_uv = w_lam * sp.to_uv
         inner = self.steps_per_dt
         h = self.dt / inner
         lin = self._linear(sp).to(w_lam.dtype)
@@ -290,17 +284,18 @@ class Kolmogorov:
         has_mean = bool((mean != 0).any())
         theta = wh - w_lam
         for _ in range(outer * inner):
-            # Lawson RK4 for θ' = Lθ + N(θ):
-            #   a = N(θ), b = N(E½(θ + h/2 a)), c = N(E½θ + h/2 b), d = N(Eθ + h E½ c),
-            #   θ ← Eθ + h/6 (E a + 2 E½ (b + c) + d).
+            # Lawson (integrating-factor) form of Kutta's third-order RK for θ' = Lθ + N(θ):
+            #   a = N(θ),  b = N(E½ (θ + h/2 a)),  c = N(E (θ − h a) + 2h E½ b),
+            #   θ ← E (θ + h/6 a) + 2h/3 E½ b + h/6 c,          E = e^{Lh}, E½ = e^{Lh/2}.
             u0, u2, u1 = (mean, mean * m2, mean * m1) if has_mean else (None, None, None)
-            e1t, e2t = e1 * theta, e2 * theta
-            a = self._advection(theta, u0, sp, lam_fields)
-            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, sp, lam_fields)
-            c = self._advection(torch.add(e2t, b, alpha=h / 2), u2, sp, lam_fields)
-            d = self._advection(torch.addcmul(e1t, e2, c, value=h), u1, sp, lam_fields)
-            theta = torch.addcmul(e1t, e1, a, value=h / 6)
-            theta = torch.addcmul(theta, e2, b.add_(c), value=h / 3).add_(d, alpha=h / 6)
+            a = self._advection(theta, u0, sp, lam_uv)
+            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, sp, lam_uv)
+            c = self._advection(
+                torch.addcmul(e1 * torch.add(theta, a, alpha=-h), e2, b, value=2 * h), u1, sp, lam_uv
+            )
+            theta = torch.addcmul(e1 * torch.add(theta, a, alpha=h / 6), e2, b, value=2 * h / 3).add_(
+                c, alpha=h / 6
+            )
             mean = mean * m1
         return self._to_velocity(theta + w_lam, mean, sp)
 
@@ -332,7 +327,7 @@ class Kolmogorov:
         var = 0.25
         mean_log = math.log(self.init_peak_wavenumber) + var
         gain = torch.exp(-((mean_log - torch.log(k)) ** 2) / (2 * var) - torch.log(k)) / k
-        nh = torch.fft.rfft2(noise) * (gain * sp.keep)
+        nh = torch.fft.rfft2(noise) * (gain * sp.band)
         # Leray projection û ← û − k (k·û)/|k|² (divergence-free), via the vorticity and streamfunction.
         wh = 1j * (sp.kx * nh[:, 1] - sp.ky * nh[:, 0])
         zero_mean = torch.zeros(count, 2, 1, 1, dtype=dtype, device=noise.device)
