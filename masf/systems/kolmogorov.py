@@ -18,7 +18,8 @@ Method. Taking the curl gives the vorticity equation for ω = ∂v/∂x − ∂u
 
 solved in Fourier space (``torch.fft.rfft2``, integer wavenumbers k = (k_x, k_y)) on the 2/3-rule band
 max(|k_x|, |k_y|) < n/3: the state is truncated to the band on input and the quadratic term is projected
-onto it, so products are alias-free (Galerkin truncation). The velocity comes from the streamfunction,
+onto it, so products are alias-free (Galerkin truncation); only the band's (2K+1)(K+1) modes,
+K = (n−1)//3, are stored and transformed (about 4/9 of the rfft2 half-plane). The velocity comes from the streamfunction,
 ψ̂ = ω̂ / |k|², û = i k_y ψ̂, v̂ = −i k_x ψ̂, so it is divergence-free by construction (a Leray projection
 of the input: its divergent part is dropped, as jax-cfd's pressure projection does). The spatial mean
 velocity U is not seen by ω; it obeys dU/dt = −μU and is carried exactly. The advection term uses
@@ -56,39 +57,67 @@ _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 @dataclass(frozen=True)
-class _Spectral:
-    """Wavenumber grids for the rfft2 layout ``(n, m = n//2 + 1)`` (rows k_y, columns k_x), one dtype/device."""
+class _Band:
+    """The 2/3-rule band of an n×n grid, stored compactly, for one (n, device, dtype).
 
-    kx: Tensor  # (1, m) integer k_x as floats, Nyquist column set to 0 (derivatives)
-    ky: Tensor  # (n, 1) integer k_y as floats, Nyquist row set to 0 (derivatives)
-    k2: Tensor  # (n, m) |k|²
-    band: Tensor  # (n, m) 1 where k ≠ 0 and max(|k_x|, |k_y|) < n/3 (the 2/3 rule), else 0
-    to_uv: Tensor  # (2, n, m) complex: ω̂ -> (û, v̂) = (i k_y, −i k_x) ω̂ / |k|², on the band
-    g_uv: Tensor  # (n, m) complex (k_x² − k_y²) on the band: F(uv) -> part of −F(u·∇ω)
-    g_d: Tensor  # (n, m) complex k_x k_y on the band: F(v² − u²) -> the other part
+    With K = (n − 1)//3 the largest kept wavenumber (|k_x|, |k_y| ≤ K < n/3), spectral arrays hold
+    ``(R, C) = (2K + 1, K + 1)`` modes: rows k_y = 0..K, −K..−1 (FFT order without the dropped middle),
+    columns k_x = 0..K (the rfft half). Band-limited real fields are exactly represented, and the
+    transforms below skip the columns and rows that are zero.
+    """
+
+    n: int
+    kmax: int
+    kx: Tensor  # (1, C) k_x
+    ky: Tensor  # (R, 1) k_y
+    k2: Tensor  # (R, C) |k|²
+    to_uv: Tensor  # (2, R, C) complex: ω̂ -> (û, v̂) = (i k_y, −i k_x) ω̂ / |k|² (0 at k = 0)
+    g_uv: Tensor  # (R, C) complex k_x² − k_y²: F(uv) -> its part of −F(u·∇ω)
+    g_d: Tensor  # (R, C) complex k_x k_y: F(v² − u²) -> the other part
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Real fields ``(..., n, n)`` -> their band of ``rfft2``, ``(..., R, C)`` complex."""
+        half = torch.fft.rfft(x, dim=-1)[..., : self.kmax + 1]
+        full = torch.fft.fft(half, dim=-2)
+        return torch.cat((full[..., : self.kmax + 1, :], full[..., self.n - self.kmax :, :]), dim=-2)
+
+    def inverse(self, xh: Tensor) -> Tensor:
+        """Band spectra ``(..., R, C)`` -> real fields ``(..., n, n)`` (the inverse of ``forward``)."""
+        k = self.kmax
+        gap = xh.new_zeros((*xh.shape[:-2], self.n - 2 * k - 1, k + 1))
+        rows = torch.fft.ifft(torch.cat((xh[..., : k + 1, :], gap, xh[..., k + 1 :, :]), dim=-2), dim=-2)
+        return torch.fft.irfft(rows, n=self.n, dim=-1)
 
 
 @functools.lru_cache(maxsize=32)
-def _spectral(n: int, device: torch.device, dtype: torch.dtype) -> _Spectral:
-    idx = torch.arange(n, device=device)
-    ky_int = torch.where(idx < n // 2, idx, idx - n)  # 0..n/2-1, -n/2..-1
-    kx_int = torch.arange(n // 2 + 1, device=device)
-    ky = torch.where(ky_int.abs() == n // 2, 0, ky_int).to(dtype)[:, None]
-    kx = torch.where(kx_int == n // 2, 0, kx_int).to(dtype)[None, :]
-    k2 = kx_int.to(dtype)[None, :] ** 2 + ky_int.to(dtype)[:, None] ** 2
-    band = (ky_int.abs()[:, None] < n / 3) & (kx_int[None, :] < n / 3) & (k2 > 0)
-    band = band.to(dtype)
-    inv_k2 = band / torch.where(k2 > 0, k2, torch.ones_like(k2))
+def _band(n: int, device: torch.device, dtype: torch.dtype) -> _Band:
+    k = (n - 1) // 3
+    ky = torch.cat((torch.arange(k + 1), torch.arange(-k, 0))).to(device=device, dtype=dtype)[:, None]
+    kx = torch.arange(k + 1).to(device=device, dtype=dtype)[None, :]
+    k2 = kx**2 + ky**2
+    inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
     complex_dtype = _COMPLEX[dtype]
-    return _Spectral(
+    return _Band(
+        n=n,
+        kmax=k,
         kx=kx,
         ky=ky,
         k2=k2,
-        band=band,
         to_uv=torch.stack((1j * ky * inv_k2, -1j * kx * inv_k2)),
-        g_uv=((kx**2 - ky**2) * band).to(complex_dtype),
-        g_d=(kx * ky * band).to(complex_dtype),
+        g_uv=(kx**2 - ky**2).to(complex_dtype),
+        g_d=(kx * ky).to(complex_dtype),
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _derivative_wavenumbers(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(k_x (1, n//2+1), k_y (n, 1)) of the rfft2 layout, with the Nyquist wavenumber set to 0."""
+    idx = torch.arange(n, device=device)
+    ky = torch.where(idx < n // 2, idx, idx - n)
+    ky = torch.where(ky == -(n // 2), 0, ky)
+    kx = torch.arange(n // 2 + 1, device=device)
+    kx = torch.where(kx == n // 2, 0, kx)
+    return kx.to(dtype)[None, :], ky.to(dtype)[:, None]
 
 
 def _check_velocity(x: Tensor, who: str) -> int:
@@ -112,9 +141,9 @@ def vorticity(x: Tensor) -> Tensor:
     h = 2π/n: opposite sign and a factor h smaller (anchors.md §2.1).
     """
     n = _check_velocity(x, "vorticity")
-    sp = _spectral(n, x.device, x.dtype)
+    kx, ky = _derivative_wavenumbers(n, x.device, x.dtype)
     uh = torch.fft.rfft2(x)
-    wh = 1j * (sp.kx * uh[:, 1] - sp.ky * uh[:, 0])
+    wh = 1j * (kx * uh[:, 1] - ky * uh[:, 0])
     return torch.fft.irfft2(wh, s=(n, n))
 
 
@@ -219,49 +248,46 @@ class Kolmogorov:
     # ----------------------------------------------------------------------------------------------
     # spectral pieces
 
-    def _linear(self, sp: _Spectral) -> Tensor:
-        """L(k) = −(ν|k|² + μ), shape (n, n//2+1)."""
-        return -(self.viscosity * sp.k2 + self.drag)
+    def _linear(self, band: _Band) -> Tensor:
+        """L(k) = −(ν|k|² + μ), shape (R, C)."""
+        return -(self.viscosity * band.k2 + self.drag)
 
-    def _laminar_hat(self, sp: _Spectral, dtype: torch.dtype) -> Tensor:
-        """ω̂_L = −f̂_ω / L for the curl of the forcing f_ω = −F k_f cos(k_f y); (n, n//2+1) complex.
+    def _laminar_hat(self, band: _Band) -> Tensor:
+        """ω̂_L = −f̂_ω / L for the curl of the forcing, f_ω = −F k_f cos(k_f y); (R, C) complex.
 
-        rfft2 of cos(k_f y) on an n×n grid is n²/2 at (k_y = ±k_f, k_x = 0).
+        rfft2 of cos(k_f y) on an n×n grid is n²/2 at (k_y = ±k_f, k_x = 0); k_y = −k_f is row R − k_f.
         """
         n, k_f = self.n, self.forcing_wavenumber
-        w_hat = torch.zeros(n, n // 2 + 1, dtype=_COMPLEX[dtype], device=sp.k2.device)
+        w_hat = torch.zeros_like(band.g_uv)
         lin_f = -(self.viscosity * k_f**2 + self.drag)  # L at |k| = k_f, < 0 since ν > 0
-        amp = self.forcing_amplitude * k_f * n * n / 2.0 / lin_f
-        w_hat[k_f, 0] = amp
-        w_hat[n - k_f, 0] = amp
+        w_hat[k_f, 0] = w_hat[-k_f, 0] = self.forcing_amplitude * k_f * n * n / 2.0 / lin_f
         return w_hat
 
-    def _to_spectral(self, x: Tensor, sp: _Spectral) -> tuple[Tensor, Tensor]:
-        """Velocity (N, 2, n, n) -> (ω̂ on the 2/3 band (N, n, m), mean velocity U (N, 2, 1, 1))."""
-        uh = torch.fft.rfft2(x)
-        wh = 1j * (sp.kx * uh[:, 1] - sp.ky * uh[:, 0]) * sp.band
-        return wh, x.mean(dim=(-2, -1), keepdim=True)
+    def _to_spectral(self, x: Tensor, band: _Band) -> tuple[Tensor, Tensor]:
+        """Velocity (N, 2, n, n) -> (ω̂ on the band (N, R, C), mean velocity U (N, 2, 1, 1))."""
+        uh = band.forward(x)
+        return 1j * (band.kx * uh[:, 1] - band.ky * uh[:, 0]), x.mean(dim=(-2, -1), keepdim=True)
 
-    def _to_velocity(self, wh: Tensor, mean: Tensor, sp: _Spectral) -> Tensor:
+    def _to_velocity(self, wh: Tensor, mean: Tensor, band: _Band) -> Tensor:
         """(ω̂, U) -> velocity (N, 2, n, n) through the streamfunction ψ̂ = ω̂/|k|²."""
-        return torch.fft.irfft2(wh[:, None] * sp.to_uv, s=(self.n, self.n)) + mean
+        return band.inverse(wh[:, None] * band.to_uv) + mean
 
-    def _advection(self, theta: Tensor, mean: Tensor | None, sp: _Spectral, lam_uv: Tensor) -> Tensor:
-        """N̂(θ) = −F(u·∇ω) on the 2/3 band, for ω̂ = θ + ω̂_L; (N, n, m) -> (N, n, m).
+    def _advection(self, theta: Tensor, mean: Tensor | None, band: _Band, lam_uv: Tensor) -> Tensor:
+        """N̂(θ) = −F(u·∇ω) on the band, for ω̂ = θ + ω̂_L; (N, R, C) -> (N, R, C).
 
         Basdevant's form u·∇ω = (∂x² − ∂y²)(uv) + ∂x∂y(v² − u²) (div-free u) needs four real FFTs
-        (u, v back; uv, v² − u² forward) instead of five. ``lam_uv`` = ω̂_L · ``to_uv`` (2, n, m);
+        (u, v back; uv, v² − u² forward) instead of five. ``lam_uv`` = ω̂_L · ``to_uv`` (2, R, C);
         ``mean`` is the mean velocity U (N, 2, 1, 1), or None when it is zero.
         """
-        uv = torch.fft.irfft2(torch.addcmul(lam_uv, theta[:, None], sp.to_uv), s=(self.n, self.n))
+        uv = band.inverse(torch.addcmul(lam_uv, theta[:, None], band.to_uv))
         if mean is not None:
             uv = uv + mean
         u, v = uv[:, 0], uv[:, 1]
         prods = torch.empty_like(uv)
         torch.mul(u, v, out=prods[:, 0])
         torch.mul(v - u, v + u, out=prods[:, 1])
-        ph = torch.fft.rfft2(prods)
-        return torch.addcmul(ph[:, 0] * sp.g_uv, ph[:, 1], sp.g_d)
+        ph = band.forward(prods)
+        return torch.addcmul(ph[:, 0] * band.g_uv, ph[:, 1], band.g_d)
 
     # ----------------------------------------------------------------------------------------------
     # System interface
@@ -272,15 +298,15 @@ class Kolmogorov:
         outer = check_steps(n)
         if outer == 0:
             return x.clone()
-        sp = _spectral(self.n, x.device, x.dtype)
-        w_lam = self._laminar_hat(sp, x.dtype)
-        lam_uv = w_lam * sp.to_uv
+        band = _band(self.n, x.device, x.dtype)
+        w_lam = self._laminar_hat(band)
+        lam_uv = w_lam * band.to_uv
         inner = self.steps_per_dt
         h = self.dt / inner
-        lin = self._linear(sp).to(w_lam.dtype)
+        lin = self._linear(band).to(w_lam.dtype)
         e1, e2 = torch.exp(lin * h), torch.exp(lin * (h / 2))  # exact factors e^{Lh}, e^{Lh/2}
         m1, m2 = math.exp(-self.drag * h), math.exp(-self.drag * h / 2)
-        wh, mean = self._to_spectral(x, sp)
+        wh, mean = self._to_spectral(x, band)
         has_mean = bool((mean != 0).any())
         theta = wh - w_lam
         for _ in range(outer * inner):
@@ -288,16 +314,14 @@ class Kolmogorov:
             #   a = N(θ),  b = N(E½ (θ + h/2 a)),  c = N(E (θ − h a) + 2h E½ b),
             #   θ ← E (θ + h/6 a) + 2h/3 E½ b + h/6 c,          E = e^{Lh}, E½ = e^{Lh/2}.
             u0, u2, u1 = (mean, mean * m2, mean * m1) if has_mean else (None, None, None)
-            a = self._advection(theta, u0, sp, lam_uv)
-            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, sp, lam_uv)
-            c = self._advection(
-                torch.addcmul(e1 * torch.add(theta, a, alpha=-h), e2, b, value=2 * h), u1, sp, lam_uv
-            )
-            theta = torch.addcmul(e1 * torch.add(theta, a, alpha=h / 6), e2, b, value=2 * h / 3).add_(
-                c, alpha=h / 6
-            )
+            a = self._advection(theta, u0, band, lam_uv)
+            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, band, lam_uv)
+            c_arg = torch.addcmul(e1 * torch.add(theta, a, alpha=-h), e2, b, value=2 * h)
+            c = self._advection(c_arg, u1, band, lam_uv)
+            theta = torch.addcmul(e1 * torch.add(theta, a, alpha=h / 6), e2, b, value=2 * h / 3)
+            theta = theta.add_(c, alpha=h / 6)
             mean = mean * m1
-        return self._to_velocity(theta + w_lam, mean, sp)
+        return self._to_velocity(theta + w_lam, mean, band)
 
     def sample_initial(
         self,
@@ -322,16 +346,16 @@ class Kolmogorov:
         if dtype not in _COMPLEX:
             raise ValueError(f"Kolmogorov.sample_initial: dtype must be float32 or float64, got {dtype}")
         noise = torch.randn((count, *self.state_shape), generator=generator, dtype=dtype, device=device)
-        sp = _spectral(self.n, noise.device, dtype)
-        k = torch.sqrt(sp.k2).clamp_min(1e-12)
+        band = _band(self.n, noise.device, dtype)
+        k = torch.sqrt(band.k2).clamp_min(1e-12)
         var = 0.25
         mean_log = math.log(self.init_peak_wavenumber) + var
         gain = torch.exp(-((mean_log - torch.log(k)) ** 2) / (2 * var) - torch.log(k)) / k
-        nh = torch.fft.rfft2(noise) * (gain * sp.band)
+        nh = band.forward(noise) * gain
         # Leray projection û ← û − k (k·û)/|k|² (divergence-free), via the vorticity and streamfunction.
-        wh = 1j * (sp.kx * nh[:, 1] - sp.ky * nh[:, 0])
+        wh = 1j * (band.kx * nh[:, 1] - band.ky * nh[:, 0])
         zero_mean = torch.zeros(count, 2, 1, 1, dtype=dtype, device=noise.device)
-        vel = self._to_velocity(wh, zero_mean, sp)
+        vel = self._to_velocity(wh, zero_mean, band)
         speed = torch.sqrt((vel**2).sum(dim=1)).amax(dim=(-2, -1))
         return vel * (self.init_max_velocity / speed)[:, None, None, None]
 
