@@ -13,7 +13,11 @@ from snakemake.utils import validate
 from masf import config as mc
 
 
-configfile: "config/sweep.yaml"
+# The default config only when no --configfile is given: Snakemake would otherwise deep-merge the
+# --configfile into config/sweep.yaml (e.g. paper.yaml's experiments added to the default ones).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/sweep.yaml"
 
 
 # One-line errors (key path, bad value, what is allowed) before any job starts; then Snakemake's own

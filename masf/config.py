@@ -284,6 +284,9 @@ def check_config(cfg: dict[str, Any]) -> None:
         system = exp["system"]["name"]
         sys_params = {k: v for k, v in exp["system"].items() if k != "name"}
         _check_params(sys_params, SYSTEM_PARAMS[system], f"{where}.system", f"system {system!r}")
+        n = sys_params.get("n", 64)
+        if system == "kolmogorov" and (n % 2 or not 32 <= n <= 512):
+            raise ConfigError(f"{where}.system.n: {n} is invalid; allowed: an even integer in [32, 512]")
         for i, mname in enumerate(exp["methods"]):
             if mname not in methods:
                 raise ConfigError(
