@@ -217,3 +217,21 @@ def test_bad_input_is_refused():
         net(torch.zeros(2, 2, 8, 8))
     with pytest.raises(ValueError, match=r"t must have shape \(2,\)"):
         net(torch.zeros(2, 2, 8, 8), torch.zeros(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("kind", "shape", "sizes"), [SHAPE_CASES[1], SHAPE_CASES[3], SHAPE_CASES[5], SHAPE_CASES[7]]
+)
+def test_cuda_matches_cpu(kind, shape, sizes):
+    """The same weights give the same outputs on CUDA as on the CPU (float32; TF32 convolutions allowed)."""
+    torch.manual_seed(0)
+    net = randomize_zero_params(make_network(kind, shape, **sizes))
+    x, t = torch.randn(4, *shape), torch.rand(4)
+    cpu = net(x, t)
+    gpu = net.to("cuda")(x.cuda(), t.cuda())
+    for a, b in zip(
+        cpu if isinstance(cpu, tuple) else (cpu,), gpu if isinstance(gpu, tuple) else (gpu,), strict=True
+    ):
+        assert b.device.type == "cuda" and b.dtype == torch.float32
+        assert ((b.cpu() - a).norm() / a.norm()).item() < 5e-3

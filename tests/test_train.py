@@ -229,6 +229,7 @@ SIGTERM_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_train import FIT, tiny_setup, x0_loss
     from masf.train import StopOnSignal, fit
+    torch.set_num_threads({threads})  # CPU reductions depend on the thread count: match the resuming process
 
     calls = [0]
     def loss_then_sigterm(net, x0, generator):
@@ -248,11 +249,9 @@ SIGTERM_SCRIPT = textwrap.dedent(
 
 def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path):
     path = tmp_path / "job.pt"
-    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
-    )
+    threads = torch.get_num_threads()
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path), threads=threads)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "not interrupted" not in proc.stdout
     train = torch.load(path, weights_only=True)["extra"]["train"]
@@ -380,3 +379,25 @@ def test_learned_x0_predictor_matches_the_gaussian_posterior_mean():
     r2 = 1 - ((pred - exact) ** 2).sum() / ((exact - exact.mean(0)) ** 2).sum()
     print(f"R^2 = {r2.item():.4f}, train {result.seconds:.1f} s, best epoch {result.best_epoch}")
     assert r2 > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_and_resume_on_cuda(tmp_path):
+    """Training on CUDA with a CUDA generator is deterministic and resumes exactly; checkpoints map devices."""
+
+    def run(epochs, path):
+        net, data = tiny_setup()
+        gen = torch.Generator(device="cuda").manual_seed(11)
+        return fit(
+            net.cuda(), x0_loss, data.cuda(), generator=gen, checkpoint_path=path, **{**FIT, "epochs": epochs}
+        )
+
+    straight = run(4, tmp_path / "a.pt")
+    assert next(straight.net.parameters()).device.type == "cuda"
+    run(2, tmp_path / "b.pt")
+    resumed = run(4, tmp_path / "b.pt")
+    assert states_equal(resumed.net.state_dict(), straight.net.state_dict())
+    assert resumed.train_loss == straight.train_loss
+    ck = load_checkpoint(tmp_path / "a.pt", device="cpu")
+    assert next(ck.net.parameters()).device.type == "cpu"
+    assert states_equal(ck.net.state_dict(), {k: v.cpu() for k, v in straight.net.state_dict().items()})

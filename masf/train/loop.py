@@ -15,7 +15,8 @@ Which weights ``fit`` returns (loaded into ``net`` in place):
   set, else the last weights.
 
 Determinism: the split, the minibatch order and whatever ``loss_fn`` draws come from ``generator`` only.
-Network dropout (0 in every masf net) would use torch's global stream and is not covered.
+Bitwise-equal results (and an exact resume) need the same device and, on the CPU, the same number of
+threads (float reductions depend on it). Dropout (0 in every masf net) would use torch's global stream.
 """
 
 from __future__ import annotations
