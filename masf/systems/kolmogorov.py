@@ -282,10 +282,9 @@ class Kolmogorov:
         uv = band.inverse(torch.addcmul(lam_uv, theta[:, None], band.to_uv))
         if mean is not None:
             uv = uv + mean
-        u, v = uv[:, 0], uv[:, 1]
-        prods = torch.empty_like(uv)
-        torch.mul(u, v, out=prods[:, 0])
-        torch.mul(v - u, v + u, out=prods[:, 1])
+        prods = uv.square()  # (u², v²), then overwritten in place by (uv, v² − u²)
+        torch.sub(prods[:, 1], prods[:, 0], out=prods[:, 1])
+        torch.mul(uv[:, 0], uv[:, 1], out=prods[:, 0])
         ph = band.forward(prods)
         return torch.addcmul(ph[:, 0] * band.g_uv, ph[:, 1], band.g_d)
 
