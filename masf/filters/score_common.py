@@ -1,0 +1,311 @@
+"""Glue shared by the score-based baselines SF and SSLS (method.md §6, §7.1, §7.2).
+
+Both filters train a network ε̂_θ that predicts −ε from a noised state ``x0 + std·ε`` in normalized space,
+so that the prior score is ``ε̂_θ(x)/(std + 1e-5)``. This module holds what they share:
+
+- the network choice (``"auto"``: 2-D grids -> unet2d, 1-D states of size >= 16 divisible by 4 -> unet1d,
+  else mlp) and the mapping of ``width``/``depth`` onto each kind's sizes;
+- the loss "squared error summed over channels, averaged over the rest" (:func:`channel_sum_mse`);
+- the likelihood score ∇_x[−‖z_n − H_n(x)‖²/(2σ_n²)] by autograd (:func:`likelihood_score`);
+- the per-sample RMS clip of a score (:func:`clip_rms`);
+- pretraining into a checkpoint whose JSON config records the method, the operator, the forward-process
+  parameter and the fitted normalizer (:func:`pretrain_network`), loading it into ``ctx.state`` on the first
+  analysis (:func:`loaded_model`) and online fine-tuning on the normalized forecast ensemble
+  (:func:`finetune_model`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from masf.diffusion.normalizer import FORMS, UPDATES, Normalizer
+from masf.filters.base import Context
+from masf.nets import NETWORKS
+from masf.train import LossFn, finetune, load_checkpoint, pretrain
+
+NETWORK_CHOICES = ("auto", *NETWORKS)
+STATE_KEY = "score_model"  # ctx.state key of the loaded (and fine-tuned) model
+
+
+# --------------------------------------------------------------------------------------- arguments
+def check_int(value: Any, parameter: str, method: str, low: int) -> int:
+    """``value`` as an int if it is an integer >= ``low``, else ``ValueError`` naming ``parameter``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{method}: {parameter} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_number(value: Any, parameter: str, method: str, *, low: float, strict: bool = True) -> float:
+    """``value`` as a finite float > ``low`` (``>=`` when ``strict=False``), else ``ValueError``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = math.isfinite(v) and (v > low if strict else v >= low)
+    if isinstance(value, bool) or not ok:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{method}: {parameter} must be a finite number {relation} {low}, got {value!r}")
+    return v
+
+
+def check_training_fields(obj: Any, method: str) -> None:
+    """Validate the network / training / normalization fields SF and SSLS share (frozen dataclass ``obj``)."""
+    if obj.network not in NETWORK_CHOICES:
+        raise ValueError(
+            f"{method}: network must be one of {', '.join(NETWORK_CHOICES)}, got {obj.network!r}"
+        )
+    for name in ("width", "depth"):
+        if getattr(obj, name) is not None:
+            check_int(getattr(obj, name), name, method, 1)
+    for name in ("pretrain_epochs", "pretrain_batch", "finetune_batch"):
+        check_int(getattr(obj, name), name, method, 1)
+    check_int(obj.finetune_epochs, "finetune_epochs", method, 0)
+    for name in ("pretrain_lr", "finetune_lr"):
+        object.__setattr__(obj, name, check_number(getattr(obj, name), name, method, low=0.0))
+    if not isinstance(obj.normalize, bool):
+        raise ValueError(f"{method}: normalize must be True or False, got {obj.normalize!r}")
+    if obj.norm_form not in FORMS:
+        raise ValueError(f"{method}: norm_form must be one of {', '.join(FORMS)}, got {obj.norm_form!r}")
+    if obj.norm_update not in UPDATES:
+        raise ValueError(
+            f"{method}: norm_update must be one of {', '.join(UPDATES)}, got {obj.norm_update!r}"
+        )
+
+
+# ----------------------------------------------------------------------------------------- networks
+def network_kind(network: str, state_shape: tuple[int, ...]) -> str:
+    """The network kind for ``network`` (``"auto"`` resolved from the state shape, see module docstring)."""
+    if network != "auto":
+        return network
+    if len(state_shape) == 3:
+        return "unet2d"
+    if len(state_shape) == 1 and state_shape[0] >= 16 and state_shape[0] % 4 == 0:
+        return "unet1d"
+    return "mlp"
+
+
+def network_sizes(kind: str, width: int | None, depth: int | None, *, time_conditioned: bool) -> dict:
+    """Keyword sizes of ``make_network``: width -> mlp ``width`` / unet ``model_channels``, depth -> mlp
+    ``num_blocks`` / unet ``num_res_blocks`` (None keeps the class default)."""
+    sizes: dict[str, Any] = {"time_conditioned": time_conditioned}
+    if width is not None:
+        sizes["width" if kind == "mlp" else "model_channels"] = int(width)
+    if depth is not None:
+        sizes["num_blocks" if kind == "mlp" else "num_res_blocks"] = int(depth)
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------- the math
+def channel_sum_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Squared error summed over channels and averaged over the rest (batch and grid), a scalar.
+
+    For states (B, C, ...) with two or more state dims the channel is dim 1; 1-D states (B, D) have a single
+    channel, so the loss is then the plain mean.
+    """
+    sq = (pred - target).square()
+    return sq.sum(dim=1).mean() if sq.ndim >= 3 else sq.mean()
+
+
+def likelihood_score(
+    x: Tensor, z_n: Tensor, operator: Callable[[Tensor], Tensor], normalizer: Normalizer, sigma_n: Tensor
+) -> Tensor:
+    """∇_x [−‖(z_n − H_n(x))/σ_n‖²/2] by autograd, (N, *S), for normalized x (N, *S) and z_n (*S).
+
+    H_n(x) = norm_z(H(denorm_x(x))) (``normalizer.apply_operator``); σ_n broadcasts against x (per channel).
+    The result is detached; the graph is built even inside ``torch.no_grad``.
+    """
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        residual = (z_n - normalizer.apply_operator(operator, xg)) / sigma_n
+        log_lik = -0.5 * residual.square().sum()
+        (grad,) = torch.autograd.grad(log_lik, xg)
+    return grad.detach()
+
+
+def clip_rms(score: Tensor, tol: float) -> Tensor:
+    """Rescale each sample of ``score`` (N, *S) so that its RMS over the state is at most ``tol``.
+
+    s_i ← s_i · min(1, tol / rms_i),  rms_i = sqrt(mean_j s_ij²).
+    """
+    rms = score.reshape(score.shape[0], -1).square().mean(dim=1).sqrt()
+    factor = (tol / rms.clamp_min(torch.finfo(score.dtype).tiny)).clamp(max=1.0)
+    return score * factor.reshape(-1, *([1] * (score.ndim - 1)))
+
+
+def uniform(n: int, low: float, high: float, generator: torch.Generator, like: Tensor) -> Tensor:
+    """(n,) draws of U(low, high) from ``generator`` (on its own device), cast to ``like``'s dtype/device."""
+    u = torch.rand((n,), generator=generator, dtype=like.dtype, device=generator.device)
+    return (low + (high - low) * u).to(like.device)
+
+
+def expand_as_batch(v: Tensor, x: Tensor) -> Tensor:
+    """(N,) -> (N, 1, ..., 1) broadcasting against x (N, *S)."""
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+# --------------------------------------------------------------------------- pretraining and loading
+@dataclass
+class ScoreModel:
+    """A loaded network (eval mode unless fine-tuning) and the normalizer it was trained with."""
+
+    net: nn.Module
+    normalizer: Normalizer
+
+
+def make_normalizer(normalize: bool, form: str, update: str) -> Normalizer:
+    """An unfitted per-channel normalizer, or the identity when ``normalize`` is False."""
+    return Normalizer(form, update, same=True) if normalize else Normalizer.identity()
+
+
+def normalizer_to_json(normalizer: Normalizer) -> dict[str, Any]:
+    """``normalizer.to_dict()`` with tensors turned into lists (for the JSON run config)."""
+    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in normalizer.to_dict().items()}
+
+
+def normalizer_from_json(d: dict[str, Any]) -> Normalizer:
+    """Inverse of :func:`normalizer_to_json`."""
+    return Normalizer.from_dict({k: (torch.tensor(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def pretrain_network(
+    data: Tensor,
+    operator: Any,
+    loss_fn: LossFn,
+    *,
+    method: str,
+    process: dict[str, float],
+    kind: str,
+    sizes: dict[str, Any],
+    normalizer: Normalizer,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    checkpoint: str,
+    generator: torch.Generator,
+    device: str | torch.device,
+    progress: bool,
+) -> None:
+    """Fit ``normalizer`` on ``data`` (M, *S) (physical), train a ``kind`` network on the normalized data with
+    ``loss_fn`` (``masf.train.pretrain``) and write ``checkpoint``.
+
+    The checkpoint's run config holds ``method``, ``operator`` (its ``params()``), the forward-process
+    parameters ``process`` (e.g. ``{"sigma_max": 25.0}``) and ``normalizer`` (statistics as lists).
+    """
+    if not isinstance(data, Tensor) or data.ndim < 2 or not data.is_floating_point():
+        raise ValueError(
+            f"{method}: data must be a float tensor (M, *S), got {getattr(data, 'shape', data)!r}"
+        )
+    data = data.to(device)
+    normalizer.fit(data)  # a no-op for the (already fitted) identity normalizer
+    config = {
+        "method": method,
+        "operator": operator.params(),
+        **process,
+        "normalizer": normalizer_to_json(normalizer),
+    }
+    pretrain(
+        normalizer.norm_x(data),
+        loss_fn,
+        kind=kind,
+        sizes=sizes,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        generator=generator,
+        device=device,
+        checkpoint_path=checkpoint,
+        config=config,
+        progress=progress,
+    )
+
+
+def loaded_model(ctx: Context, expect: dict[str, Any], like: Tensor, method: str) -> ScoreModel:
+    """The model in ``ctx.state`` (loaded from ``ctx.pretrained`` on first use, onto ``like``'s device).
+
+    ``expect`` is checked against the checkpoint's config (``masf.train.load_checkpoint``).
+    """
+    model = ctx.state.get(STATE_KEY)
+    if model is None:
+        if ctx.pretrained is None:
+            raise ValueError(
+                f"{method}: ctx.pretrained is None; this filter needs a pretrained checkpoint (run pretrain)"
+            )
+        ckpt = load_checkpoint(ctx.pretrained, expect=expect, device=like.device)
+        net = ckpt.net.to(dtype=like.dtype).eval()
+        model = ScoreModel(net=net, normalizer=normalizer_from_json(ckpt.config["normalizer"]))
+        ctx.state[STATE_KEY] = model
+    return model
+
+
+def _sync(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def finetune_model(
+    model: ScoreModel,
+    prior: Tensor,
+    loss_fn: LossFn,
+    ctx: Context,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    method: str,
+) -> None:
+    """Online fine-tuning (method.md §6) of ``model.net`` in place on the forecast ensemble ``prior``.
+
+    Runs only from the second analysis on (``ctx.cycle >= 1``) and with ``epochs > 0``: refits an
+    ``adaptive`` normalizer on ``prior`` first, then trains with a fresh AdamW on all normalized members
+    (``masf.train.finetune``, minibatches and noise from ``ctx.train_generator``). Adds the seconds to
+    ``ctx.timings["finetune"]``.
+    """
+    if ctx.cycle < 1 or epochs == 0:
+        return
+    if ctx.train_generator is None:
+        raise ValueError(f"{method}: fine-tuning (finetune_epochs={epochs}) needs ctx.train_generator")
+    _sync(prior)
+    started = time.perf_counter()
+    if model.normalizer.update == "adaptive":
+        model.normalizer.fit(prior)
+    finetune(
+        model.net,
+        model.normalizer.norm_x(prior),
+        loss_fn,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        generator=ctx.train_generator,
+    )
+    model.net.eval()
+    _sync(prior)
+    ctx.add_time("finetune", time.perf_counter() - started)
+
+
+def check_analysis_input(prior: Tensor, z: Tensor, method: str) -> None:
+    """``ValueError`` unless ``prior`` is a float (N, *S) batch and ``z`` has shape S."""
+    if not isinstance(prior, Tensor) or not prior.is_floating_point() or prior.ndim < 2:
+        raise ValueError(
+            f"{method}: prior must be a float tensor (N, *S), got {getattr(prior, 'shape', prior)!r}"
+        )
+    if not isinstance(z, Tensor) or tuple(z.shape) != tuple(prior.shape[1:]):
+        raise ValueError(
+            f"{method}: z must have the state shape {tuple(prior.shape[1:])}, got {getattr(z, 'shape', z)!r}"
+        )
+
+
+def timed(fn: Callable[[], Tensor], ctx: Context, stage: str, like: Tensor) -> Tensor:
+    """Run ``fn()`` and add its wall-clock seconds (CUDA synchronised) to ``ctx.timings[stage]``."""
+    _sync(like)
+    started = time.perf_counter()
+    out = fn()
+    _sync(out)
+    ctx.add_time(stage, time.perf_counter() - started)
+    return out

@@ -1,0 +1,236 @@
+"""SF: VE process formulas, time grid, exact-score known answers (correct vs constant step, guided toy),
+shared glue (RMS clip, likelihood score), pretrain + analyse smoke test, bad hyper-parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from masf.diffusion.normalizer import Normalizer
+from masf.filters.base import Context
+from masf.filters.score_common import clip_rms, likelihood_score, network_kind, normalizer_to_json
+from masf.filters.sf import SF, sample_reverse_sde, sf_loss, time_grid, ve_diffusion, ve_std
+from masf.nets import make_network
+from masf.operators import make_operator
+from masf.systems import make_system
+from masf.train import load_checkpoint
+
+F64 = torch.float64
+SIGMA_MAX = 25.0
+
+
+def test_ve_std_and_diffusion_known_values() -> None:
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+    std = ve_std(t, SIGMA_MAX)
+    assert std[0] == 0.0
+    assert std[2].item() == pytest.approx(math.sqrt(624.0 / (2.0 * math.log(25.0))), rel=1e-12)
+    assert std[2].item() == pytest.approx(9.845, abs=1e-3)  # method.md §7.1
+    assert ve_diffusion(t, SIGMA_MAX)[1].item() == pytest.approx(25.0**0.3, rel=1e-12)
+    # d std²/dt = g² (central difference)
+    tt = torch.tensor([0.2, 0.6], dtype=F64)
+    d = 1e-6
+    deriv = (ve_std(tt + d, SIGMA_MAX) ** 2 - ve_std(tt - d, SIGMA_MAX) ** 2) / (2 * d)
+    torch.testing.assert_close(deriv, ve_diffusion(tt, SIGMA_MAX) ** 2, rtol=1e-7, atol=0)
+
+
+def test_time_grid_correct_and_constant_steps() -> None:
+    t, h = time_grid(500)
+    assert t[0] == 1.0 and t[-1].item() == pytest.approx(1e-10, rel=1e-6)
+    assert bool((t[1:] < t[:-1]).all())
+    assert h.sum().item() == pytest.approx(1.0, abs=1e-12)  # Σ h_i = t_0 − 0
+    torch.testing.assert_close(h[:-1], t[:-1] - t[1:])
+    tc, hc = time_grid(500, constant_step=True)
+    torch.testing.assert_close(tc, t)
+    assert bool((hc == t[0] - t[1]).all())
+    assert hc[0].item() == pytest.approx(0.004, rel=0.01)
+    assert hc.sum().item() == pytest.approx(2.0, abs=0.01)  # bug B11: Σ h ≈ 2
+    with pytest.raises(ValueError, match="nfe"):
+        time_grid(1, constant_step=True)
+
+
+def test_clip_rms_known_answer() -> None:
+    s = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=F64)  # RMS = sqrt(12.5), sqrt(0.125)
+    out = clip_rms(s, 1.0)
+    assert out[0].square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-12)
+    torch.testing.assert_close(out[0] / s[0], torch.full((2,), 1 / math.sqrt(12.5), dtype=F64))
+    torch.testing.assert_close(out[1], s[1])  # below tol: untouched
+
+
+def test_likelihood_score_matches_closed_form_for_a_mask_and_normalization() -> None:
+    op = make_operator("every_kth", (6,), k=2, noise_std=0.2)
+    norm = Normalizer.from_stats(torch.tensor(1.5), torch.tensor(2.0))
+    g = torch.Generator().manual_seed(0)
+    x_n = torch.randn(5, 6, generator=g, dtype=F64)
+    z_n = torch.randn(6, generator=g, dtype=F64)
+    sigma_n = norm.noise_std_normalized(0.2, like=x_n)
+    got = likelihood_score(x_n, z_n, op, norm, sigma_n)
+    # H_n(x_n) = m ⊙ x_n − (1 − m) u/s, so the score is m ⊙ (z_n − H_n(x_n))/σ_n².
+    m = op.mask.to(F64)
+    scale = norm.x_scale.to(F64)
+    h_n = m * x_n - (1 - m) * 1.5 / scale
+    torch.testing.assert_close(got, m * (z_n - h_n) / sigma_n**2)
+
+
+def _gaussian_ve_score(mean: torch.Tensor, var: torch.Tensor):
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -(x - mean) / (var + ve_std(t, SIGMA_MAX).square()[:, None])
+
+    return score
+
+
+MEAN = torch.tensor([0.5, -1.0, 1.0, 0.0], dtype=F64)
+VAR = torch.tensor([1.0, 0.25, 2.0, 0.5], dtype=F64)
+N_MC = 20000
+
+
+def _unguided(constant_step: bool) -> torch.Tensor:
+    return sample_reverse_sde(
+        _gaussian_ve_score(MEAN, VAR),
+        N_MC,
+        (4,),
+        nfe=500,
+        sigma_max=SIGMA_MAX,
+        tol=100.0,
+        generator=torch.Generator().manual_seed(0),
+        constant_step=constant_step,
+        dtype=F64,
+    )
+
+
+def test_unguided_sf_with_exact_score_and_correct_steps_reproduces_the_data() -> None:
+    x = _unguided(constant_step=False)
+    # The start N(0, std(1)²) instead of N(m, v + std(1)²) leaves a bias m·v/(v + std(1)²) (< 0.02 here),
+    # which the reverse flow contracts exactly by that factor.
+    s1 = ve_std(torch.tensor(1.0, dtype=F64), SIGMA_MAX) ** 2
+    expected_mean = MEAN * s1 / (VAR + s1)
+    se = (VAR / N_MC).sqrt()
+    assert bool(((x.mean(0) - expected_mean).abs() < 4 * se).all()), x.mean(0)
+    ratio = x.var(0) / VAR  # measured: 1.011, 1.003, 1.005, 1.013 (MC s.e. 0.01)
+    assert bool(((ratio - 1).abs() < 0.04).all()), ratio
+
+
+def test_constant_step_sf_does_not_reproduce_the_data_variance() -> None:
+    """Bug B11 as a property: Σh ≈ 2 and big steps near t = 0 leave about half to two thirds of the
+    data variance (measured 0.56, 0.51, 0.61, 0.53 for v = 1, 0.25, 2, 0.5); the mean stays right."""
+    x = _unguided(constant_step=True)
+    ratio = x.var(0) / VAR
+    assert bool((ratio < 0.75).all()) and bool((ratio > 0.4).all()), ratio
+    assert bool(((x.mean(0) - MEAN).abs() < 0.05).all()), x.mean(0)
+
+
+def test_guided_sf_moves_the_mean_to_the_observation() -> None:
+    """Prior N(0, I), observe entries 0 and 2 with σ = 0.3: the Kalman mean is z/(1 + σ²) there and 0
+    elsewhere. SF (exact prior score) lands within 0.05 of it (measured 1.367/−0.914 vs 1.376/−0.917 with
+    N = 2e4) but is under-dispersed on observed entries (measured variance 0.045 vs Kalman 0.083)."""
+    sigma = 0.3
+    op = make_operator("every_kth", (4,), k=2, noise_std=sigma)
+    norm = Normalizer.identity()
+    z = torch.tensor([1.5, 0.3, -1.0, 0.7], dtype=F64)
+    sigma_n = norm.noise_std_normalized(sigma, like=z)
+    x = sample_reverse_sde(
+        _gaussian_ve_score(torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)),
+        4000,
+        (4,),
+        nfe=300,
+        sigma_max=SIGMA_MAX,
+        tol=100.0,
+        generator=torch.Generator().manual_seed(1),
+        likelihood=lambda x: likelihood_score(x, z, op, norm, sigma_n),
+        dtype=F64,
+    )
+    kalman_mean = torch.tensor([1.5, 0.0, -1.0, 0.0], dtype=F64) * torch.tensor(
+        [1 / (1 + sigma**2), 0, 1 / (1 + sigma**2), 0], dtype=F64
+    )
+    assert bool(((x.mean(0) - kalman_mean).abs() < 0.05).all()), x.mean(0)
+    kalman_var = sigma**2 / (1 + sigma**2)
+    assert bool((x.var(0)[[0, 2]] < kalman_var).all())  # SF is not exact: under-dispersed
+    assert bool(((x.var(0)[[1, 3]] - 1).abs() < 0.1).all())  # unobserved, independent: prior variance
+
+
+def test_sf_loss_is_zero_for_the_exact_noise_predictor_at_zero_data() -> None:
+    """For x0 = 0 the optimal −ε prediction is −x_t/std(t): a net that returns it has zero loss."""
+
+    class Exact(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return -x / ve_std(t, SIGMA_MAX)[:, None]
+
+    x0 = torch.zeros(64, 3, dtype=F64)
+    loss = sf_loss(Exact(), x0, torch.Generator().manual_seed(0), sigma_max=SIGMA_MAX)
+    assert loss.item() < 1e-20
+    net = make_network("mlp", (3,), width=8, num_blocks=1)  # zero-initialised output: loss = E‖ε‖² = 1
+    loss = sf_loss(net, x0.float(), torch.Generator().manual_seed(0), sigma_max=SIGMA_MAX)
+    assert loss.item() == pytest.approx(1.0, abs=0.3)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"nfe": 0}, "nfe"),
+        ({"nfe": 1, "constant_step": True}, "nfe"),
+        ({"sigma_max": 1.0}, "sigma_max"),
+        ({"sigma_max": 0.5}, "sigma_max"),
+        ({"tol": 0.0}, "tol"),
+        ({"tol": -1.0}, "tol"),
+        ({"constant_step": 1}, "constant_step"),
+        ({"network": "resnet"}, "network"),
+        ({"width": 0}, "width"),
+        ({"pretrain_lr": 0.0}, "pretrain_lr"),
+        ({"finetune_epochs": -1}, "finetune_epochs"),
+        ({"norm_form": "minmax"}, "norm_form"),
+    ],
+)
+def test_bad_hyper_parameters_raise(params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SF(**params)
+
+
+def test_network_kind_auto() -> None:
+    assert network_kind("auto", (2, 16, 16)) == "unet2d"
+    assert network_kind("auto", (40,)) == "unet1d"
+    assert network_kind("auto", (3,)) == "mlp"
+    assert network_kind("mlp", (40,)) == "mlp"
+
+
+def test_pretrain_and_analyse_smoke(tmp_path) -> None:
+    system = make_system("lorenz96", dim=8)
+    g = torch.Generator().manual_seed(0)
+    data = system.sample_climatology(64, generator=g, spinup_steps=100)
+    op = make_operator("every_kth", (8,), k=2, noise_std=1.0)
+    sf = SF(
+        nfe=20,
+        network="mlp",
+        width=16,
+        depth=1,
+        pretrain_epochs=2,
+        pretrain_batch=16,
+        finetune_epochs=1,
+        finetune_batch=8,
+    )
+    path = tmp_path / "sf.pt"
+    sf.pretrain(data, op, checkpoint=str(path), generator=torch.Generator().manual_seed(1), progress=False)
+    payload = torch.load(path, weights_only=True)  # plain containers only
+    assert payload["format"] == "masf-checkpoint"
+    ckpt = load_checkpoint(path, expect={"method": "sf", "sigma_max": 25.0, "operator": op.params()})
+    assert ckpt.config["normalizer"]["x_shift"] == pytest.approx(
+        normalizer_to_json(Normalizer().fit(data))["x_shift"], rel=1e-5
+    )
+
+    ctx = Context(
+        generator=torch.Generator().manual_seed(2),
+        pretrained=str(path),
+        train_generator=torch.Generator().manual_seed(3),
+    )
+    prior, truth = data[:10], data[10]
+    z = op.observe(truth[None], generator=g)[0]
+    for cycle in range(2):
+        ctx.cycle = cycle
+        post = sf.analyse(prior, z, op, ctx)
+        assert post.shape == prior.shape and post.dtype == prior.dtype
+        assert bool(torch.isfinite(post).all())
+    assert ctx.timings["sampling"] > 0 and ctx.timings["finetune"] > 0
+    # A checkpoint made for another σ_max is refused.
+    ctx2 = Context(generator=torch.Generator().manual_seed(2), pretrained=str(path))
+    with pytest.raises(ValueError, match="sigma_max"):
+        SF(sigma_max=10.0, nfe=2).analyse(prior, z, op, ctx2)
