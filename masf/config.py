@@ -98,15 +98,20 @@ OPERATOR_PARAMS: dict[str, dict[str, Kind]] = {
 
 # Filters: hyper-parameters (the dataclass fields) and whether they are score-based (pretrained).
 SCORE_BASED = frozenset({"masf", "sf", "ssls"})
+NETWORK_CHOICES = ("auto", "mlp", "unet1d", "unet2d", "dual_unet2d")
 _NETWORK: dict[str, Kind] = {
-    "width": "int+",
-    "depth": "int+",
+    "network": NETWORK_CHOICES,
+    "width": "int+?",
+    "depth": "int+?",
     "pretrain_epochs": "int+",
     "pretrain_batch": "int+",
     "pretrain_lr": "num+",
     "finetune_epochs": "int0",
     "finetune_batch": "int+",
     "finetune_lr": "num+",
+    "normalize": "bool",
+    "norm_form": ("affine", "scale_only"),
+    "norm_update": ("fixed", "adaptive"),
 }
 FILTER_PARAMS: dict[str, dict[str, Kind]] = {
     "masf": {
@@ -114,14 +119,11 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
         "nfe": "int+",
         "T": "frac",
         "tau": "num+",
-        "normalize": "bool",
-        "norm_form": ("affine", "scale_only"),
-        "norm_update": ("fixed", "adaptive"),
         "w_s": "floats",
         "w_g": "floats",
         **_NETWORK,
     },
-    "sf": {"nfe": "int+", "sigma_max": "num+", "tol": "num+", **_NETWORK},
+    "sf": {"nfe": "int+", "sigma_max": "num+", "tol": "num+", "constant_step": "bool", **_NETWORK},
     "ssls": {"sigma": "num+", "nfe": "int+", "step": "num+", "decay": "num0", "tol": "num+", **_NETWORK},
     "enkf": {
         "variant": ("sqrt", "pertobs"),
@@ -145,7 +147,7 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
 # pretraining job, so they are left out of its params.
 SAMPLING_ONLY: dict[str, frozenset[str]] = {
     "masf": frozenset({"sampler", "nfe", "w_s", "w_g", "finetune_epochs", "finetune_batch", "finetune_lr"}),
-    "sf": frozenset({"nfe", "tol", "finetune_epochs", "finetune_batch", "finetune_lr"}),
+    "sf": frozenset({"nfe", "tol", "constant_step", "finetune_epochs", "finetune_batch", "finetune_lr"}),
     "ssls": frozenset({"nfe", "step", "decay", "tol", "finetune_epochs", "finetune_batch", "finetune_lr"}),
 }
 # MASF samplers that need a linear (mask) operator.

@@ -1,0 +1,319 @@
+"""Config validation: malformed configs are refused with one line naming the key path, before any job.
+
+Each malformed config goes through ``masf.config.validate``, the ``masf validate`` command and
+``snakemake -n`` (slow: one Snakemake start per case), and nothing may be written.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import inspect
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from masf import cli
+from masf import config as mc
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    """A mutation that sets the dotted key ``path`` to ``value``."""
+
+    def mutate(cfg: dict) -> None:
+        *parents, last = path.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return mutate
+
+
+def _delete(path: str) -> Callable[[dict], None]:
+    def mutate(cfg: dict) -> None:
+        *parents, last = path.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        del node[last]
+
+    return mutate
+
+
+def _rename_experiment(cfg: dict) -> None:
+    cfg["experiments"]["l/96"] = cfg["experiments"].pop("l96")
+
+
+def _masf_on_sigmoid(cfg: dict) -> None:
+    cfg["methods"]["masf_bridge"] = {"filter": "masf", "sampler": "bridge"}
+    cfg["experiments"]["kolmogorov"]["methods"].append("masf_bridge")
+
+
+# (id, mutation, text the one-line error must contain)
+BAD: list[tuple[str, Callable[[dict], None], str]] = [
+    ("unknown-top-key", _set("bogus", 1), "(top level): unknown key 'bogus'"),
+    ("unknown-experiment-key", _set("experiments.l96.cycels", 3), "experiments.l96: unknown key 'cycels'"),
+    ("cycles-wrong-type", _set("experiments.l96.cycles", "ten"), "experiments.l96.cycles: 'ten'"),
+    ("cycles-zero", _set("experiments.l96.cycles", 0), "experiments.l96.cycles: 0"),
+    ("ensemble-negative", _set("experiments.l96.ensemble_size", -4), "experiments.l96.ensemble_size"),
+    ("ensemble-one", _set("experiments.l96.ensemble_size", 1), "experiments.l96.ensemble_size: 1"),
+    ("seeds-empty", _set("experiments.l96.seeds", []), "experiments.l96.seeds: [] should be non-empty"),
+    ("seeds-repeated", _set("experiments.l96.seeds", [1, 1]), "experiments.l96.seeds"),
+    ("steps-per-cycle-zero", _set("experiments.l96.steps_per_cycle", 0), "experiments.l96.steps_per_cycle"),
+    ("unknown-system", _set("experiments.l96.system.name", "lorenz99"), "experiments.l96.system.name"),
+    (
+        "unknown-system-parameter",
+        _set("experiments.l96.system.dims", 40),
+        "experiments.l96.system.dims: unknown parameter of system 'lorenz96'; allowed: dim, dt, forcing",
+    ),
+    ("unknown-operator", _set("experiments.l96.operators.half.operator", "blur"), "operators.half.operator"),
+    (
+        "speed-on-lorenz96",
+        _set("experiments.l96.operators.half", {"operator": "speed", "noise_std": 0.1}),
+        "experiments.l96.operators.half.operator: 'speed' does not fit system 'lorenz96'",
+    ),
+    (
+        "center-mask-on-lorenz96",
+        _set(
+            "experiments.l96.operators.half", {"operator": "center_mask", "hole_ratio": 0.5, "noise_std": 1}
+        ),
+        "experiments.l96.operators.half.operator: 'center_mask' does not fit",
+    ),
+    (
+        "operator-parameter-of-another-operator",
+        _set("experiments.l96.operators.half.stride", 2),
+        "experiments.l96.operators.half.stride: unknown parameter of operator 'every_kth'; allowed: k, offset",
+    ),
+    ("noise-missing", _delete("experiments.l96.operators.half.noise_std"), "'noise_std' is a required"),
+    ("noise-negative", _set("experiments.l96.operators.half.noise_std", -1.0), "operators.half.noise_std"),
+    ("unknown-filter", _set("methods.enkf.filter", "kalman"), "methods.enkf.filter: 'kalman' is not allowed"),
+    ("unknown-method-in-experiment", _set("experiments.l96.methods", ["enkf", "var3d"]), "unknown method"),
+    (
+        "unknown-hyper-parameter",
+        _set("methods.enkf.inflaton", 1.1),
+        "methods.enkf.inflaton: unknown parameter of filter 'enkf'; allowed: center_perturbations, eps,",
+    ),
+    ("hyper-parameter-out-of-range", _set("methods.enkf.inflation", 0.5), "methods.enkf.inflation: 0.5"),
+    ("hyper-parameter-bad-choice", _set("methods.enkf.variant", "cholesky"), "one of sqrt, pertobs"),
+    ("hyper-parameter-wrong-type", _set("methods.letkf.radius", "far"), 'methods.letkf.radius: "far"'),
+    ("name-with-slash", _rename_experiment, "must match"),
+    (
+        "kolmogorov-odd-grid",
+        _set("experiments.kolmogorov.system.n", 33),
+        "experiments.kolmogorov.system.n: 33",
+    ),
+    ("masf-bridge-on-sigmoid", _masf_on_sigmoid, "needs a linear operator"),
+    ("threads-zero", _set("resources.assimilate.threads", 0), "resources.assimilate.threads: 0"),
+    ("unknown-stage", _set("resources.train", {"threads": 1}), "resources: unknown key 'train'"),
+    ("unknown-device", _set("device", "tpu"), "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
+    ("no-experiments", _set("experiments", {}), "experiments"),
+]
+IDS = [case[0] for case in BAD]
+
+
+def _bad_config(mutate: Callable[[dict], None]) -> dict:
+    cfg = copy.deepcopy(BASE)
+    mutate(cfg)
+    return cfg
+
+
+def test_there_are_enough_cases():
+    assert len(BAD) >= 15
+    assert len(set(IDS)) == len(IDS)
+
+
+@pytest.mark.parametrize(("case", "mutate", "expected"), BAD, ids=IDS)
+def test_validate_refuses_with_one_line(case, mutate, expected):
+    with pytest.raises(mc.ConfigError) as info:
+        mc.validate(_bad_config(mutate))
+    message = str(info.value)
+    assert expected in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("case", "mutate", "expected"), BAD, ids=IDS)
+def test_masf_validate_command_refuses(case, mutate, expected, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_bad_config(mutate)))
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("masf config error: ") and expected in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def _snakemake_dry_run(config: Path, workdir: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
+    return subprocess.run(
+        [*command, "--configfile", str(config), "--directory", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "mutate", "expected"), BAD, ids=IDS)
+def test_snakemake_refuses_before_any_job(case, mutate, expected, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_bad_config(mutate)))
+    work = tmp_path / "work"
+    work.mkdir()
+    done = _snakemake_dry_run(path, work)
+    assert done.returncode != 0
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if "masf config error: " in line]
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert not (work / "results").exists()
+
+
+def test_snakemake_refuses_a_bad_config_quick(tmp_path):
+    """One case outside the slow set, so that the plain test run covers the Snakefile's check."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_bad_config(_set("experiments.l96.seeds", []))))
+    done = _snakemake_dry_run(path, tmp_path)
+    assert done.returncode != 0
+    assert "masf config error: experiments.l96.seeds: [] should be non-empty" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("experiments: {l96: [\n")
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not valid YAML" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["test.yaml", "sweep.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = mc.load_validated(REPO / "config" / name)
+    assert mc.runs(cfg)
+    # defaults are filled in: every stage has every resource
+    for stage in ("simulate", "dataset", "pretrain", "assimilate", "aggregate", "figures"):
+        assert set(cfg["resources"][stage]) == {"threads", "mem_mb", "runtime", "gpu"}
+    for exp in cfg["experiments"].values():
+        assert exp["steps_per_cycle"] >= 1 and "samples" in exp["dataset"]
+
+
+def test_defaults_do_not_touch_the_input():
+    cfg = copy.deepcopy(BASE)
+    out = mc.validate(cfg)
+    assert cfg == BASE
+    assert out["experiments"]["l96"]["spinup_steps"] is None
+    assert out["resources"]["assimilate"]["gpu"] == 0
+
+
+def test_pretraining_jobs_only_for_score_based_methods():
+    cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
+    jobs = mc.pretrain_jobs(cfg)
+    assert jobs and all(mc.is_score_based(cfg, j["method"]) for j in jobs)
+    # the sigmoid operator runs only the methods it lists
+    assert {j["method"] for j in jobs if j["operator"] == "sigmoid"} == {"masf_nonlinear", "sf"}
+
+
+def test_sampling_parameters_do_not_change_the_pretraining_spec():
+    cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
+    before = mc.pretrain_spec(cfg, "l96", "every2", "masf_bridge")
+    cfg["methods"]["masf_bridge"]["nfe"] = 7
+    assert mc.pretrain_spec(cfg, "l96", "every2", "masf_bridge") == before
+    assert mc.assimilate_spec(cfg, "l96", "every2", "masf_bridge")["method"]["nfe"] == 7
+    cfg["methods"]["masf_bridge"]["pretrain_epochs"] = 3
+    assert mc.pretrain_spec(cfg, "l96", "every2", "masf_bridge") != before
+
+
+def test_config_module_does_not_import_torch():
+    code = "import sys, masf.config, masf.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- the static parameter tables match the real classes ---------------------------------------------
+
+
+def _init_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+@pytest.mark.parametrize("name", sorted(mc.FILTER_PARAMS))
+def test_filter_table_matches_dataclass_fields(name):
+    from masf.filters import FILTERS
+
+    module, cls_name = FILTERS[name]
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            pytest.skip(f"{module} is not written yet")
+        raise
+    assert set(mc.FILTER_PARAMS[name]) == _init_fields(cls)
+    assert set(mc.SAMPLING_ONLY.get(name, ())) <= set(mc.FILTER_PARAMS[name])
+
+
+def test_filter_choices_match_the_filters():
+    from masf.filters import enkf, localization, particle
+
+    assert set(mc.FILTER_PARAMS["enkf"]["variant"]) == set(enkf.VARIANTS)
+    assert set(mc.FILTER_PARAMS["enkf"]["mode"]) == set(enkf.MODES)
+    assert set(mc.FILTER_PARAMS["letkf"]["taper"]) == set(localization.TAPERS)
+    assert set(mc.FILTER_PARAMS["pf"]["resampling"]) == set(particle.RESAMPLING)
+
+
+def test_score_choices_match_the_networks_and_normalizer():
+    from masf.diffusion import normalizer
+    from masf.filters import score_common
+
+    assert set(mc.NETWORK_CHOICES) == set(score_common.NETWORK_CHOICES)
+    assert set(mc.FILTER_PARAMS["sf"]["norm_form"]) == set(normalizer.FORMS)
+    assert set(mc.FILTER_PARAMS["sf"]["norm_update"]) == set(normalizer.UPDATES)
+
+
+def test_system_table_matches_dataclass_fields():
+    from masf.systems import SYSTEMS, LinearGaussian, Lorenz63, Lorenz96
+    from masf.systems.kolmogorov import Kolmogorov
+
+    assert set(mc.SYSTEM_PARAMS) == set(SYSTEMS) == set(mc.SYSTEM_DIMS)
+    assert set(mc.SYSTEM_PARAMS["lorenz63"]) == _init_fields(Lorenz63)
+    assert set(mc.SYSTEM_PARAMS["lorenz96"]) == _init_fields(Lorenz96)
+    assert set(mc.SYSTEM_PARAMS["kolmogorov"]) == _init_fields(Kolmogorov)
+    default_args = set(inspect.signature(LinearGaussian.default).parameters)
+    assert set(mc.SYSTEM_PARAMS["linear_gaussian"]) == _init_fields(LinearGaussian) | default_args
+
+
+def test_operator_table_matches_the_builders():
+    import masf.operators as ops
+
+    assert set(mc.OPERATOR_PARAMS) == set(ops.OPERATORS) == set(mc.OPERATOR_DIMS)
+    for name, builder in ops._BUILDERS.items():
+        params = set(inspect.signature(builder).parameters) - {"state_shape", "noise_std"}
+        assert set(mc.OPERATOR_PARAMS[name]) == params, name
+
+
+def test_operator_fit_and_linearity_match_the_operators():
+    """Every operator the table allows for a state kind builds; every one it refuses raises."""
+    import torch
+
+    import masf.operators as ops
+
+    example = {"mask": {}, "grid_mask": {"stride": 2}, "center_mask": {"hole_ratio": 0.5}}
+    example |= {"random_mask": {"fraction": 0.5, "seed": 0}, "every_kth": {"k": 2}, "identity": {}}
+    example |= {"sigmoid": {"alpha": 2.0}, "speed": {}}
+    shapes = {1: (8,), 2: (2, 8, 8)}
+    for name, params in example.items():
+        for dims, shape in shapes.items():
+            kwargs = {"mask": torch.ones(shape)} if name == "mask" else params
+            if dims in mc.OPERATOR_DIMS[name]:
+                op = ops.make_operator(name, shape, noise_std=0.1, **kwargs)
+                assert op.linear == (name in mc.LINEAR_OPERATORS), name
+            else:
+                with pytest.raises(ValueError):
+                    ops.make_operator(name, shape, noise_std=0.1, **kwargs)
