@@ -263,3 +263,42 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
     g = torch.Generator(device="cuda").manual_seed(0)
     assert s.sample_initial(2, generator=g, device="cuda").device.type == "cuda"
+
+
+# --- benchmark helpers (benchmarks/kolmogorov_speed/flowstats.py) -------------------------------------
+
+
+def _flowstats():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kolmogorov_speed" / "flowstats.py"
+    spec = importlib.util.spec_from_file_location("flowstats", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flowstats_known_answers() -> None:
+    """u = sin(y): energy ¼, enstrophy ½⟨cos²⟩ = ¼, all energy in shell 1; agrees with vorticity()."""
+    fs = _flowstats()
+    y, x = _grid(32)
+    uv = torch.stack((torch.sin(y), torch.sin(2 * x) * 0.5))[None]
+    s = fs.snapshot_stats(uv.numpy())
+    assert s["energy"][0] == pytest.approx(0.25 + 0.0625)
+    assert s["enstrophy"][0] == pytest.approx(0.5 * (vorticity(uv) ** 2).mean().item())
+    assert s["spectrum"][0, 1] == pytest.approx(0.25) and s["spectrum"][0, 2] == pytest.approx(0.0625)
+
+
+def test_flowstats_moves_jax_cfd_staggered_fields_to_our_grid() -> None:
+    """jax-cfd holds u at ((i+1)h, (j+½)h), v at ((i+½)h, (j+1)h), indexed [x, y]."""
+    fs = _flowstats()
+    n, h = 32, 2 * math.pi / 32
+    i = torch.arange(n, dtype=torch.float64)
+    xi, yj = torch.meshgrid(i, i, indexing="ij")  # jax-cfd order [x, y]
+    u = torch.sin(2 * (xi + 1) * h) * torch.cos(3 * (yj + 0.5) * h)
+    v = torch.cos((xi + 0.5) * h + (yj + 1) * h)
+    ours = torch.from_numpy(fs.from_jax_cfd(torch.stack((u, v)).numpy()))
+    y, x = _grid(n)
+    expected = torch.stack((torch.sin(2 * x) * torch.cos(3 * y), torch.cos(x + y)))
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
