@@ -192,7 +192,7 @@ def pretrain_network(
     device: str | torch.device,
     progress: bool,
 ) -> None:
-    """Fit ``normalizer`` on ``data`` (M, *S) (physical), train a ``kind`` network on the normalized data with
+    """Fit ``normalizer`` on ``data`` (M, *S) (physical, cast to float32), train a ``kind`` network on the normalized data with
     ``loss_fn`` (``masf.train.pretrain``) and write ``checkpoint``.
 
     The checkpoint's run config holds ``method``, ``operator`` (its ``params()``), the forward-process
@@ -202,7 +202,7 @@ def pretrain_network(
         raise ValueError(
             f"{method}: data must be a float tensor (M, *S), got {getattr(data, 'shape', data)!r}"
         )
-    data = data.to(device)
+    data = data.to(device=device, dtype=torch.float32)  # the networks are float32
     normalizer.fit(data)  # a no-op for the (already fitted) identity normalizer
     config = {
         "method": method,
