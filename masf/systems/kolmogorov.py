@@ -282,9 +282,13 @@ class Kolmogorov:
         uv = band.inverse(torch.addcmul(lam_uv, theta[:, None], band.to_uv))
         if mean is not None:
             uv = uv + mean
-        prods = uv.square()  # (u², v²), then overwritten in place by (uv, v² − u²)
-        torch.sub(prods[:, 1], prods[:, 0], out=prods[:, 1])
-        torch.mul(uv[:, 0], uv[:, 1], out=prods[:, 0])
+        if uv.requires_grad:  # out= kernels record no autograd graph: the plain (slower) way
+            u, v = uv[:, 0], uv[:, 1]
+            prods = torch.stack((u * v, (v - u) * (v + u)), dim=1)
+        else:
+            prods = uv.square()  # (u², v²), then overwritten in place by (uv, v² − u²)
+            torch.sub(prods[:, 1], prods[:, 0], out=prods[:, 1])
+            torch.mul(uv[:, 0], uv[:, 1], out=prods[:, 0])
         ph = band.forward(prods)
         return torch.addcmul(ph[:, 0] * band.g_uv, ph[:, 1], band.g_d)
 
@@ -292,8 +296,14 @@ class Kolmogorov:
     # System interface
 
     def step(self, x: Tensor, n: int = 1, *, generator: torch.Generator | None = None) -> Tensor:
-        """Advance ``x: (N, 2, n, n)`` by ``n`` outer steps of Δt = ``dt`` (deterministic; ``generator`` unused)."""
+        """Advance ``x: (N, 2, n, n)`` by ``n`` outer steps of Δt = ``dt``.
+
+        Deterministic (``generator`` is unused), float32 or float64 on x's device, differentiable with
+        autograd when x requires grad. The output is divergence-free and band-limited (module docstring).
+        """
         check_state(x, self.state_shape, self.name)
+        if x.dtype not in _COMPLEX:
+            raise ValueError(f"{self.name}: x must be float32 or float64, got {x.dtype}")
         outer = check_steps(n)
         if outer == 0:
             return x.clone()
