@@ -19,11 +19,12 @@ Method. Taking the curl gives the vorticity equation for ω = ∂v/∂x − ∂u
 solved in Fourier space (``torch.fft.rfft2``, integer wavenumbers k = (k_x, k_y)) on the 2/3-rule band
 max(|k_x|, |k_y|) < n/3: the state is truncated to the band on input and the quadratic term is projected
 onto it, so products are alias-free (Galerkin truncation); only the band's (2K+1)(K+1) modes,
-K = (n−1)//3, are stored and transformed (about 4/9 of the rfft2 half-plane). The velocity comes from the streamfunction,
-ψ̂ = ω̂ / |k|², û = i k_y ψ̂, v̂ = −i k_x ψ̂, so it is divergence-free by construction (a Leray projection
-of the input: its divergent part is dropped, as jax-cfd's pressure projection does). The spatial mean
-velocity U is not seen by ω; it obeys dU/dt = −μU and is carried exactly. The advection term uses
-Basdevant's form u·∇ω = (∂x² − ∂y²)(uv) + ∂x∂y(v² − u²): four real FFTs per evaluation.
+K = (n−1)//3, are stored and transformed (about 4/9 of the rfft2 half-plane). The velocity comes from
+the streamfunction, ψ̂ = ω̂ / |k|², û = i k_y ψ̂, v̂ = −i k_x ψ̂, so it is divergence-free by construction
+(a Leray projection of the input: its divergent part is dropped, as jax-cfd's pressure projection
+does). The spatial mean velocity U is not seen by ω; it obeys dU/dt = −μU and is carried exactly.
+The advection term uses Basdevant's form u·∇ω = (∂x² − ∂y²)(uv) + ∂x∂y(v² − u²): four real FFTs per
+evaluation.
 
 Time integration: the Lawson (integrating-factor) form of Kutta's third-order Runge-Kutta method on the
 deviation θ = ω − ω_L from the laminar state ω̂_L = −f̂_ω / L, with L(k) = −(ν|k|² + μ) < 0. Viscosity,
