@@ -22,8 +22,9 @@ Its mean is the Kalman mean x̄ + K(z_o − ȳ) and its sample covariance the Ka
     X_a = X + (Z̃ − Y) Kᵀ = X + (Z̃ − Y) Bᵀ (BBᵀ + (N−1) r I_N)⁻¹ A          (mode="full"),
     X_a = X + ((Z̃ − Y) / s) Bᵀ A / (N−1),  s = diag(BᵀB)/(N−1) + r          (mode="diag"),
 
-where X = x̄ + A and Y = ȳ + B are rebuilt from the inflated anomalies, and ``center_perturbations``
-removes the member mean of ζ (as DAPPER does) so that the analysis mean is exactly x̄ + K(z_o − ȳ).
+where X = x̄ + A and Y = ȳ + B are rebuilt from the inflated anomalies. ``center_perturbations``
+replaces ζ by (ζ − ζ̄)·√(N/(N−1)) (DAPPER's ``mean0``: zero member mean, per-member variance kept at 1),
+so that the analysis mean is exactly x̄ + K(z_o − ȳ).
 ``mode="diag"`` keeps only each observation's own variance in S (the reference's cheap mode).
 
 ``rotate=True`` finally multiplies the analysis anomalies by a random mean-preserving orthogonal matrix
@@ -150,7 +151,7 @@ class EnKF:
         else:
             zeta = randn(tuple(y.shape), ctx.generator, prior.dtype, prior.device)
             if self.center_perturbations:
-                zeta = zeta - zeta.mean(dim=0)
+                zeta = (zeta - zeta.mean(dim=0)) * math.sqrt(n / (n - 1))
             innovations = z_o + float(operator.noise_std) * zeta - (y_mean + b)  # Z̃ − Y, (N, m)
             if self.mode == "full":
                 g = b @ b.T + (n - 1) * r * torch.eye(n, dtype=b.dtype, device=b.device)
