@@ -63,12 +63,16 @@ def test_inner_steps_match_jax_cfd_counts(n: int, inner: int) -> None:
 
 
 def test_params_and_shape() -> None:
+    from masf.systems import make_system
+
     s = Kolmogorov(n=32)
     p = s.params()
-    assert s.state_shape == (2, 32, 32)
-    assert p["name"] == "kolmogorov" and p["n"] == 32 and p["inner_steps"] == 11
-    assert p["viscosity"] == pytest.approx(1e-3) and p["drag"] == 0.1 and p["dt"] == 0.2
+    assert s.state_shape == (2, 32, 32) and s.steps_per_dt == 11 and s.viscosity == pytest.approx(1e-3)
+    assert p["name"] == "kolmogorov" and p["n"] == 32 and p["reynolds"] == 1000.0
+    assert p["drag"] == 0.1 and p["dt"] == 0.2 and "inner_steps" not in p
     assert all(isinstance(v, int | float | str) for v in p.values())
+    for system in (s, Kolmogorov(n=48, reynolds=500.0, inner_steps=7, drag=0.0)):
+        assert make_system(**system.params()) == system
 
 
 @pytest.mark.parametrize("n", [30, 33, 514, 0, 64.0])

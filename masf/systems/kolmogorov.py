@@ -229,22 +229,17 @@ class Kolmogorov:
         return max(1, math.ceil(self.dt / h_max - 1e-9))
 
     def params(self) -> dict[str, float | int | str]:
-        return {
-            "name": self.name,
-            "n": self.n,
-            "reynolds": float(self.reynolds),
-            "viscosity": self.viscosity,
-            "forcing_amplitude": float(self.forcing_amplitude),
-            "forcing_wavenumber": self.forcing_wavenumber,
-            "drag": float(self.drag),
-            "dt": float(self.dt),
-            "max_velocity": float(self.max_velocity),
-            "courant": float(self.courant),
-            "inner_steps": self.steps_per_dt,
-            "init_max_velocity": float(self.init_max_velocity),
-            "init_peak_wavenumber": float(self.init_peak_wavenumber),
-            "spinup_steps": self.spinup_steps,
-        }
+        """Every field, so that ``make_system(**s.params()) == s`` (``inner_steps`` only when set)."""
+        out: dict[str, float | int | str] = {"name": self.name, "n": self.n}
+        for key in ("reynolds", "forcing_amplitude", "drag", "dt", "max_velocity", "courant"):
+            out[key] = float(getattr(self, key))
+        out["forcing_wavenumber"] = self.forcing_wavenumber
+        if self.inner_steps is not None:
+            out["inner_steps"] = self.inner_steps
+        out["init_max_velocity"] = float(self.init_max_velocity)
+        out["init_peak_wavenumber"] = float(self.init_peak_wavenumber)
+        out["spinup_steps"] = self.spinup_steps
+        return out
 
     # ----------------------------------------------------------------------------------------------
     # spectral pieces
