@@ -191,3 +191,19 @@ def test_bad_analysis_input():
         f.analyse(torch.zeros(4, 5, dtype=F64), z, op, _ctx())
     with pytest.raises(ValueError, match="operator must be"):
         f.check_operator(lambda x: x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("variant", ["sqrt", "pertobs"])
+def test_cuda_matches_cpu(variant):
+    """Same code on CUDA: with the CPU generator the draws are identical, so the results agree."""
+    from masf.operators import grid_mask
+
+    op = grid_mask((2, 8, 8), 2, noise_std=0.3)
+    prior = torch.randn(8, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    z = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    f = EnKF(variant=variant, inflation=1.1, rotate=True)
+    cpu = f.analyse(prior, z, op, _ctx(2))
+    gpu = f.analyse(prior.cuda(), z.cuda(), op, _ctx(2))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)

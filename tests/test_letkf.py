@@ -246,3 +246,16 @@ def test_bad_analysis_input():
         f.check_operator(identity((4, 5), noise_std=1.0))
     with pytest.raises(ValueError, match="operator must be"):
         f.check_operator(object())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    """Same code on CUDA (neighbour search included): results agree with the CPU in float64."""
+    op = grid_mask((2, 12, 12), 3, noise_std=0.3)
+    prior = _randn(8, 2, 12, 12, seed=0)
+    z = _randn(2, 12, 12, seed=1)
+    f = LETKF(radius=2.5, inflation=1.1, rotate=True)
+    cpu = f.analyse(prior, z, op, _ctx(2))
+    gpu = f.analyse(prior.cuda(), z.cuda(), op, _ctx(2))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)

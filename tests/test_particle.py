@@ -164,3 +164,15 @@ def test_multinomial_resampling_runs():
         prior, z, Mask(MASK, SIGMA), _ctx()
     )
     assert float((post.mean(0) - _kalman_mean(mean, cov, z)[0]).abs().max()) < 0.08
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    prior, _, _ = _gaussian_prior(300, 9)
+    z = torch.tensor([2.0, 0.0, 1.0], dtype=F64)
+    pf = ParticleFilter(reg=1.0, ess_threshold=1.0)
+    ctx_cpu, ctx_gpu = _ctx(3), _ctx(3)
+    cpu = pf.analyse(prior, z, Mask(MASK, SIGMA), ctx_cpu)
+    gpu = pf.analyse(prior.cuda(), z.cuda(), Mask(MASK, SIGMA), ctx_gpu)
+    assert gpu.device.type == "cuda" and ctx_gpu.state[WEIGHTS_KEY].device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
