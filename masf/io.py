@@ -22,6 +22,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # leftovers of a killed earlier attempt at the same file (one writer per target under Snakemake)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
