@@ -104,7 +104,8 @@ class EnKF:
         rotate: apply a random mean-preserving rotation to the analysis anomalies.
         mode: ``"full"`` or ``"diag"`` (S replaced by its diagonal; only with ``variant="pertobs"``).
         eps: added to the observation-error variance σ² (regularization, >= 0).
-        center_perturbations: remove the member mean of the observation perturbations (pertobs only).
+        center_perturbations: centre the observation perturbations and rescale them by √(N/(N−1))
+            (pertobs only; DAPPER's convention).
     """
 
     variant: str = "sqrt"
