@@ -165,7 +165,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         generator=generator(spec["seed"], "pretrain_data"),
         spinup_steps=spec["spinup_steps"],
         dtype=_dtype(spec["dtype"]),
-    )
+        device=_device(spec.get("device", "cpu")),
+    ).cpu()
     dims = ("sample", *state_dims(tuple(system.state_shape)))
     ds = xr.Dataset(
         {"snapshots": (dims, snaps.numpy(), {"long_name": "climatology snapshots for pretraining"})},
@@ -230,7 +231,8 @@ def cmd_assimilate(args: argparse.Namespace) -> int:
         generator=generator(args.seed, "ensemble"),
         spinup_steps=spec["spinup_steps"],
         dtype=dtype,
-    ).to(device)
+        device=device,
+    )
     attrs = {**names, "spec": mc.to_json(spec), "checkpoint": args.checkpoint or ""}
     ds = run(
         system,

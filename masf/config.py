@@ -417,6 +417,7 @@ def dataset_spec(cfg: dict[str, Any], experiment: str) -> dict[str, Any]:
         "samples": exp["dataset"]["samples"],
         "seed": exp["dataset"]["seed"],
         "spinup_steps": exp["spinup_steps"],
+        "device": cfg["device"],
         "dtype": cfg["dtype"],
     }
 

@@ -220,8 +220,11 @@ def test_interrupted_sweep_resumes_to_identical_metrics(tmp_path):
     assert 2 <= len(finished) < 6, "the sweep was not interrupted mid-way"
     assert not (work / "results" / "metrics.nc").exists()
 
-    # Snakemake marks the job it was running as incomplete; --rerun-incomplete redoes it (the slurm
-    # profile sets it). Its output, written atomically, is either absent or whole.
+    # After a crash Snakemake's lock stays (--unlock removes it) and the job in flight is marked
+    # incomplete (--rerun-incomplete redoes it; the slurm profile sets it). Outputs, written atomically,
+    # are either absent or whole.
+    unlocked = snakemake(work, "--unlock", "--configfile", str(config))
+    assert unlocked.returncode == 0, unlocked.stderr[-3000:]
     resumed = snakemake(work, "--cores", "2", "--rerun-incomplete", "--configfile", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # only what was missing or in flight ran again (one job at a time ran): the rest is untouched
