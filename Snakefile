@@ -32,11 +32,6 @@ validate(config, "workflow/schemas/sweep.schema.yaml")
 MASF = f"{shlex.quote(sys.executable)} -m masf.cli"
 
 
-def res(stage, key):
-    """A resource of a stage from the config's `resources` section."""
-    return CFG["resources"][stage][key]
-
-
 wildcard_constraints:
     experiment=r"[A-Za-z][A-Za-z0-9_]*",
     operator=r"[A-Za-z][A-Za-z0-9_]*",
@@ -47,6 +42,7 @@ wildcard_constraints:
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/pretrain.smk"

@@ -40,7 +40,7 @@ SYSTEM_DIMS: dict[str, int] = {"lorenz63": 1, "lorenz96": 1, "linear_gaussian": 
 # Parameter kinds: "int+" integer >= 1 ("int+?" also null), "int0" integer >= 0, "num+" number > 0,
 # "num0" number >= 0, "num1" number >= 1, "num" any finite number, "frac" number in (0, 1), "frac1" in
 # (0, 1], "unit" in [0, 1], "bool", "str", "matrix" (nested lists or a JSON string), "floats" (a list
-# of numbers), or a tuple of allowed strings.
+# of numbers), "weights" ((min, max, power): 3 numbers, or null), or a tuple of allowed strings.
 Kind = str | tuple[str, ...]
 
 SYSTEM_PARAMS: dict[str, dict[str, Kind]] = {
@@ -117,10 +117,14 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
     "masf": {
         "sampler": ("reference", "bridge", "nonlinear"),
         "nfe": "int+",
+        "score_weights": "weights",
+        "guidance_weights": "weights",
+        "eval_time": ("current", "next"),
         "T": "frac",
         "tau": "num+",
-        "w_s": "floats",
-        "w_g": "floats",
+        "scratch": "bool",
+        "scratch_epochs": "int+",
+        "score_model": ("network", "gaussian"),
         **_NETWORK,
     },
     "sf": {"nfe": "int+", "sigma_max": "num+", "tol": "num+", "constant_step": "bool", **_NETWORK},
@@ -146,7 +150,10 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
 # Hyper-parameters used only when sampling (not when pretraining): changing them must not rerun the
 # pretraining job, so they are left out of its params.
 SAMPLING_ONLY: dict[str, frozenset[str]] = {
-    "masf": frozenset({"sampler", "nfe", "w_s", "w_g", "finetune_epochs", "finetune_batch", "finetune_lr"}),
+    "masf": frozenset(
+        {"nfe", "score_weights", "guidance_weights", "eval_time", "finetune_epochs", "finetune_batch"}
+        | {"finetune_lr", "scratch_epochs"}
+    ),
     "sf": frozenset({"nfe", "tol", "constant_step", "finetune_epochs", "finetune_batch", "finetune_lr"}),
     "ssls": frozenset({"nfe", "step", "decay", "tol", "finetune_epochs", "finetune_batch", "finetune_lr"}),
 }
@@ -262,6 +269,15 @@ def _check_kind(value: Any, kind: Kind, where: str) -> None:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     ):
         raise bad("a non-empty list of numbers")
+    elif kind == "weights" and not (
+        value is None
+        or (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        )
+    ):
+        raise bad("[min, max, power] (3 numbers) or null")
     elif kind == "matrix" and not isinstance(value, list | str):
         raise bad("a nested list of numbers or a JSON string")
 

@@ -56,7 +56,7 @@ def _rename_experiment(cfg: dict) -> None:
 
 def _masf_on_sigmoid(cfg: dict) -> None:
     cfg["methods"]["masf_bridge"] = {"filter": "masf", "sampler": "bridge"}
-    cfg["experiments"]["kolmogorov"]["methods"].append("masf_bridge")
+    cfg["experiments"]["kolmogorov"]["operators"]["sigmoid"]["methods"].append("masf_bridge")
 
 
 # (id, mutation, text the one-line error must contain)
@@ -260,7 +260,12 @@ def test_filter_table_matches_dataclass_fields(name):
 
 
 def test_filter_choices_match_the_filters():
-    from masf.filters import enkf, localization, particle
+    from masf.diffusion import samplers
+    from masf.filters import enkf, localization, masf, particle
+
+    assert set(mc.FILTER_PARAMS["masf"]["sampler"]) == set(samplers.SAMPLERS)
+    assert set(mc.FILTER_PARAMS["masf"]["eval_time"]) == set(masf.EVAL_TIMES)
+    assert set(mc.FILTER_PARAMS["masf"]["score_model"]) == set(masf.SCORE_MODELS)
 
     assert set(mc.FILTER_PARAMS["enkf"]["variant"]) == set(enkf.VARIANTS)
     assert set(mc.FILTER_PARAMS["enkf"]["mode"]) == set(enkf.MODES)

@@ -2,26 +2,10 @@
 # with dims experiment, operator, method, seed, time, and a summary table for the report.
 
 
-def _run_files(wildcards):
-    return [mc.RUN.format(**r) for r in mc.runs(CFG)]
-
-
-def _benchmark_files(wildcards):
-    runs = [
-        mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}".format(**r))
-        for r in mc.runs(CFG)
-    ]
-    pretrain = [
-        mc.BENCHMARK.format(stage="pretrain", name="{experiment}/{operator}/{method}".format(**j))
-        for j in mc.pretrain_jobs(CFG)
-    ]
-    return runs + pretrain
-
-
 rule aggregate:
     input:
-        runs=_run_files,
-        benchmarks=_benchmark_files,
+        runs=run_files,
+        benchmarks=benchmark_files,
     output:
         metrics=report(
             mc.METRICS,

@@ -2,27 +2,14 @@
 # timings, status ok|diverged). Score-based methods also take their checkpoint and a GPU if configured.
 
 
-def _assimilate_inputs(wildcards):
-    inputs = {"data": mc.DATA.format(experiment=wildcards.experiment, seed=wildcards.seed)}
-    if mc.is_score_based(CFG, wildcards.method):
-        inputs["checkpoint"] = mc.CHECKPOINT.format(
-            experiment=wildcards.experiment, operator=wildcards.operator, method=wildcards.method
-        )
-    return inputs
-
-
-def _checkpoint_option(wildcards, input):
-    return f"--checkpoint {shlex.quote(input.checkpoint)}" if "checkpoint" in input.keys() else ""
-
-
 rule assimilate:
     input:
-        unpack(_assimilate_inputs),
+        unpack(assimilate_inputs),
     output:
         mc.RUN,
     params:
         spec=lambda wc: mc.to_json(mc.assimilate_spec(CFG, wc.experiment, wc.operator, wc.method)),
-        checkpoint=_checkpoint_option,
+        checkpoint=checkpoint_option,
     log:
         mc.LOG.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}"),
     benchmark:

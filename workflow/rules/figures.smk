@@ -3,24 +3,14 @@
 # files (truth, observation, each method's mean at a few cycles).
 
 
-def _fig(name, caption, subcategory):
-    return report(
-        f"{mc.FIGURES}/{name}.png",
-        caption=f"../report/{caption}.rst",
-        category="{experiment}",
-        subcategory=subcategory,
-        labels={"figure": name.replace("_", " ")},
-    )
-
-
 rule figures:
     input:
         metrics=mc.METRICS,
     output:
-        rmse_time=_fig("rmse_time", "rmse_time", "accuracy"),
-        rmse_mean=_fig("rmse_mean", "rmse_mean", "accuracy"),
-        spread_rmse=_fig("spread_rmse", "spread_rmse", "calibration"),
-        wall_clock=_fig("wall_clock", "wall_clock", "cost"),
+        rmse_time=figure("rmse_time", "rmse_time", "accuracy"),
+        rmse_mean=figure("rmse_mean", "rmse_mean", "accuracy"),
+        spread_rmse=figure("spread_rmse", "spread_rmse", "calibration"),
+        wall_clock=figure("wall_clock", "wall_clock", "cost"),
     params:
         outdir=lambda wc: mc.FIGURES.format(experiment=wc.experiment),
     log:
@@ -36,22 +26,9 @@ rule figures:
         " --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
-def _vorticity_runs(wildcards):
-    exp = CFG["experiments"][wildcards.experiment]
-    return {
-        "data": mc.DATA.format(experiment=wildcards.experiment, seed=exp["seeds"][0]),
-        "runs": [
-            mc.RUN.format(
-                experiment=wildcards.experiment, operator=wildcards.operator, method=m, seed=exp["seeds"][0]
-            )
-            for m in mc.methods_for(CFG, wildcards.experiment, wildcards.operator)
-        ],
-    }
-
-
 rule vorticity:
     input:
-        unpack(_vorticity_runs),
+        unpack(vorticity_inputs),
     output:
         report(
             f"{mc.FIGURES}/vorticity_{{operator}}.png",

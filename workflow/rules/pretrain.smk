@@ -2,15 +2,9 @@
 # trained once on the experiment's snapshots and reused by every seed. Classical methods have none.
 
 
-def _check_score_based(wildcards):
-    if not mc.is_score_based(CFG, wildcards.method):
-        raise ValueError(f"method {wildcards.method!r} is not score-based; it has no checkpoint")
-    return mc.SNAPSHOTS.format(experiment=wildcards.experiment)
-
-
 rule pretrain:
     input:
-        data=_check_score_based,
+        data=pretrain_data,
     output:
         mc.CHECKPOINT,
     params:

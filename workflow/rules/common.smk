@@ -1,0 +1,72 @@
+# Helpers shared by the rule files: resources from the config and the input functions of the rules.
+# (Included first by the Snakefile; CFG is the validated config, mc is masf.config.)
+
+
+def res(stage, key):
+    """A resource of a stage from the config's `resources` section."""
+    return CFG["resources"][stage][key]
+
+
+def pretrain_data(wildcards):
+    """The snapshots of the experiment; refuses a method that is not score-based (it has no checkpoint)."""
+    if not mc.is_score_based(CFG, wildcards.method):
+        raise ValueError(f"method {wildcards.method!r} is not score-based; it has no checkpoint")
+    return mc.SNAPSHOTS.format(experiment=wildcards.experiment)
+
+
+def assimilate_inputs(wildcards):
+    """The truth/observations file, and the checkpoint for score-based methods."""
+    inputs = {"data": mc.DATA.format(experiment=wildcards.experiment, seed=wildcards.seed)}
+    if mc.is_score_based(CFG, wildcards.method):
+        inputs["checkpoint"] = mc.CHECKPOINT.format(
+            experiment=wildcards.experiment, operator=wildcards.operator, method=wildcards.method
+        )
+    return inputs
+
+
+def checkpoint_option(wildcards, input):
+    """`--checkpoint PATH` (shell-quoted) when the job has a checkpoint input, else nothing."""
+    return f"--checkpoint {shlex.quote(input.checkpoint)}" if "checkpoint" in input.keys() else ""
+
+
+def run_files(wildcards):
+    """Every run file of the sweep."""
+    return [mc.RUN.format(**r) for r in mc.runs(CFG)]
+
+
+def benchmark_files(wildcards):
+    """The benchmark files of every assimilate and pretrain job (the wall-clock source of truth)."""
+    runs = [
+        mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}".format(**r))
+        for r in mc.runs(CFG)
+    ]
+    pretrain = [
+        mc.BENCHMARK.format(stage="pretrain", name="{experiment}/{operator}/{method}".format(**j))
+        for j in mc.pretrain_jobs(CFG)
+    ]
+    return runs + pretrain
+
+
+def figure(name, caption, subcategory):
+    """A summary figure of an experiment, marked for the report."""
+    return report(
+        f"{mc.FIGURES}/{name}.png",
+        caption=f"../report/{caption}.rst",
+        category="{experiment}",
+        subcategory=subcategory,
+        labels={"figure": name.replace("_", " ")},
+    )
+
+
+def vorticity_inputs(wildcards):
+    """Truth/observations of the first seed and each method's run file for one operator."""
+    exp = CFG["experiments"][wildcards.experiment]
+    seed = exp["seeds"][0]
+    methods = mc.methods_for(CFG, wildcards.experiment, wildcards.operator)
+    return {
+        "data": mc.DATA.format(experiment=wildcards.experiment, seed=seed),
+        "runs": [
+            mc.RUN.format(experiment=wildcards.experiment, operator=wildcards.operator, method=m, seed=seed)
+            for m in methods
+        ],
+    }
