@@ -14,6 +14,7 @@ c·ny·nx + i·nx + j). Observations sit at the position of the state entry they
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -101,9 +102,7 @@ def local_domains(
     """
     channels, grid = grid_geometry(state_shape)
     device = obs_index.device
-    n_pos = 1
-    for g in grid:
-        n_pos *= g
+    n_pos = math.prod(grid)
     obs_at = torch.full((channels * n_pos,), -1, dtype=torch.long, device=device)
     obs_at[obs_index] = torch.arange(obs_index.numel(), device=device)
     obs_at = obs_at.reshape(channels, n_pos)
@@ -114,7 +113,9 @@ def local_domains(
     offsets, weight = offsets[keep], weight[keep]  # (M, k), (M,)
 
     sizes = torch.tensor(grid, device=device)
-    coords = torch.stack(torch.unravel_index(torch.arange(n_pos, device=device), grid), dim=1)  # (P, k)
+    flat_pos = torch.arange(n_pos, device=device)
+    strides = [math.prod(grid[a + 1 :]) for a in range(len(grid))]
+    coords = torch.stack([(flat_pos // st) % g for st, g in zip(strides, grid, strict=True)], dim=1)  # (P, k)
     neighbours = (coords.unsqueeze(1) + offsets.unsqueeze(0)) % sizes  # (P, M, k)
     flat = torch.zeros(neighbours.shape[:2], dtype=torch.long, device=device)
     for axis in range(len(grid)):

@@ -17,7 +17,7 @@ exactly) is jittered by
 where Ĉ is the weighted covariance of the particles before resampling with the unbiasing factor
 1/(1 − Σw²) (equal weights are used for Ĉ when the weights have collapsed onto one particle). Sampled
 as ε = ξ · diag(√(w/(1 − Σw²))) (X − x̄_w) with ξ ~ N(0, I_N) when N <= D (cost O(N²D), no D×D
-matrix), and through a D×D square root of Ĉ when N > D (cost O(ND²)).
+matrix), and through the symmetric square root Ĉ^{1/2} (D×D) when N > D (cost O(ND²)).
 
 The returned ensemble is **weighted**: its statistics (mean, spread) must use ``ctx.state["weights"]``
 (uniform right after a resampling).
@@ -139,6 +139,6 @@ class ParticleFilter:
         root = (weights / unbias).sqrt().unsqueeze(1) * anomalies  # (N, D), Ĉ = rootᵀ root
         if n > dim:  # few dimensions: colour D standard normals with a D×D square root of Ĉ
             lam, vec = torch.linalg.eigh(root.T @ root)
-            root = (vec * lam.clamp(min=0).sqrt()).T  # (D, D), rootᵀ root = Ĉ
+            root = (vec * lam.clamp(min=0).sqrt()) @ vec.T  # symmetric Ĉ^{1/2}: no eigenvector-sign freedom
         xi = randn((n, root.shape[0]), generator, particles.dtype, particles.device)
         return self.reg * bandwidth(n, dim) * (xi @ root)
