@@ -240,6 +240,11 @@ class Executor(RemoteExecutor):
         return "RUNNING" if job.get_info().get("jobState") == "RUNNING" else "FINISHED"
 
     def _failure_message(self, job: submitit.Job, what: str) -> str:
+        """What went wrong, where the logs are, and the end of the job's own output.
+
+        The end shown is what came before submitit's traceback (Snakemake's error report for the rule),
+        which is what explains the failure; the traceback only says that the command failed.
+        """
         paths = job.paths
         tail = ""
         for path in (paths.stderr, paths.stdout):
@@ -247,8 +252,12 @@ class Executor(RemoteExecutor):
                 lines = Path(path).read_text(errors="replace").splitlines()
             except OSError:
                 continue
+            submitit_errors = [i for i, line in enumerate(lines) if line.startswith("submitit ERROR")]
+            if submitit_errors:
+                lines = lines[: submitit_errors[-1]]
+            lines = [line for line in lines if line.strip()][-15:]
             if lines:
-                tail = f"Last lines of {path}:\n" + "\n".join(lines[-15:]) + "\n"
+                tail = f"Last lines of {path}:\n" + "\n".join(lines) + "\n"
                 break
         return f"submitit job {job.job_id} {what}.\nLogs: {paths.stdout} and {paths.stderr}\n{tail}"
 
@@ -268,7 +277,8 @@ class Executor(RemoteExecutor):
                 return "running", ""
             if outcome == "success":
                 return "success", ""
-            return "error", self._failure_message(job, f"failed:\n{value}")
+            lines = str(value).strip().splitlines()  # a traceback: its last line is the exception
+            return "error", self._failure_message(job, f"failed: {lines[-1] if lines else 'no reason given'}")
         state = self._scheduler_state(job)
         if state in ("RUNNING", "PENDING", "REQUEUED", "COMPLETING", "UNKNOWN", "READY", "PREEMPTED"):
             self._finished_at.pop(job.job_id, None)
