@@ -192,6 +192,7 @@ def _resume_config(path: Path) -> Path:
     }
     exp = cfg["experiments"]["l96"]
     exp["methods"] = ["enkf", "letkf", "enkf_wild"]
+    exp["seeds"] = [0, 1]
     cfg["experiments"] = {"l96": exp}
     path.write_text(yaml.safe_dump(cfg))
     return path
