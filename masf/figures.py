@@ -63,6 +63,7 @@ def rmse_mean(ds: xr.Dataset, path: str | Path) -> None:
     if len(diverged):
         ax.set_title(f"{len(diverged)} run(s) diverged (not shown)", fontsize=9)
     ax.set_ylabel("time-mean RMSE")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     _save(fig, path)
 
 
