@@ -22,7 +22,7 @@ rule figures:
         mem_mb=res("figures", "mem_mb"),
         runtime=res("figures", "runtime"),
     shell:
-        "{MASF} figures summary --metrics {input.metrics:q} --experiment {wildcards.experiment}"
+        "{MASF} figures summary --metrics {input.metrics:q} --experiment {wildcards.experiment:q}"
         " --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
@@ -48,5 +48,5 @@ rule vorticity:
         mem_mb=res("figures", "mem_mb"),
         runtime=res("figures", "runtime"),
     shell:
-        "{MASF} figures vorticity --data {input.data:q} --operator {wildcards.operator} --runs {input.runs:q}"
+        "{MASF} figures vorticity --data {input.data:q} --operator {wildcards.operator:q} --runs {input.runs:q}"
         " --cycles {params.cycles} --out {output:q} > {log:q} 2>&1"
