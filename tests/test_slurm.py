@@ -1,8 +1,8 @@
 """The submitit executor plugin on a real SLURM (``bash ../shared/tools/slurm-up.sh`` brings up a
 single-node one): every job COMPLETED in sacct, outputs identical to a run without cluster, a failing job
 retried, a job killed with scancel reported and retried, Ctrl-C leaves nothing queued, a too-short runtime
-requeues a checkpointable job that then completes, clear errors for an unknown partition and for GPUs on a
-CPU-only cluster, and config/test.yaml through the real Snakefile.
+requeues a checkpointable job that then completes, clear errors for an unknown partition, for GPUs on a
+CPU-only cluster and for what sbatch refuses, and config/test.yaml through the real Snakefile.
 
 Skipped where ``sinfo`` does not answer, unless MASF_REQUIRE_SERVICES=1 (CI), which makes that a failure.
 """
@@ -215,7 +215,7 @@ def test_too_short_runtime_requeues_the_job_until_it_completes(tmp_path):
     assert f'"starts": {len(states)}' in state  # one start per SLURM run of the same job id
 
 
-def test_unknown_partition_and_gpu_on_a_cpu_cluster_fail_with_the_fix(tmp_path):
+def test_impossible_requests_fail_at_once_with_the_fix(tmp_path):
     work = toy_workdir(tmp_path)
     plain = ["--executor", "submitit", "--submitit-cluster", "slurm", "--config", "squares=1"]
     done = snakemake(work, *plain, "--default-resources", "slurm_partition=nope", timeout=120)
@@ -226,6 +226,12 @@ def test_unknown_partition_and_gpu_on_a_cpu_cluster_fail_with_the_fix(tmp_path):
     assert "rule square asks for gpu=1, but partition debug has no GPUs" in done.stderr
     assert "--submitit-ignore-gpu" in done.stderr
     assert not (work / "logs" / "submitit").exists()  # nothing was submitted
+    # sbatch itself refuses (more memory than the node has): its message and a hint naming the fix
+    done = snakemake(work, *plain, "--set-resources", "square:mem_mb=100000", timeout=120)
+    assert done.returncode != 0
+    assert "submitit: submission of rule square failed" in done.stderr
+    assert "Requested node configuration is not available" in done.stderr
+    assert "lower threads, mem_mb or gpu" in done.stderr
 
 
 @pytest.mark.slow
