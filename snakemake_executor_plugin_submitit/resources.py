@@ -50,6 +50,7 @@ RESERVED_SLURM_FLAGS: dict[str, str] = {
     "error": "(set by the plugin: --submitit-folder)",
     "e": "(set by the plugin: --submitit-folder)",
     "signal": "(set by the plugin: --submitit-signal-delay)",
+    "comment": "(set by the official slurm plugin, which refuses it here too)",
 }
 
 

@@ -253,3 +253,21 @@ def test_pipeline_test_config_on_slurm(tmp_path):
     assert ids
     states = wait_for_final_states(ids)
     assert {i: s for i, s in states.items() if s != ["COMPLETED"]} == {}
+
+
+@pytest.mark.slow
+def test_official_slurm_plugin_is_a_drop_in_fallback(tmp_path):
+    # `--executor slurm` with the same profile and the same resource names
+    pytest.importorskip(
+        "snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed"
+    )
+    work = toy_workdir(tmp_path, "official")
+    fast = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
+    done = snakemake(
+        work,
+        *["--profile", str(REPO / "profiles" / "slurm-cpu"), "--executor", "slurm", "--slurm-no-account"],
+        *[*fast, "--set-resources", "square:slurm_extra='--mail-type=NONE'"],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (work / "results" / "sum.txt").read_text() == "5\n"
