@@ -27,7 +27,7 @@ from torch import Tensor
 
 import masf
 from masf import metrics
-from masf.filters.base import Context
+from masf.filters.base import Context, DegenerateEnsembleError
 from masf.rng import generator as make_generator
 
 STAGES = ("forecast", "analysis", "finetune", "sampling")
@@ -98,6 +98,14 @@ def _vorticity_fn(system: Any) -> Any:
     return None
 
 
+def _weights(ctx: Context, n_members: int) -> Tensor | None:
+    """A particle filter's normalized weights ``(1, N)`` from ``ctx.state["weights"]``, else None."""
+    w = ctx.state.get("weights")
+    if isinstance(w, Tensor) and w.shape == (n_members,):
+        return w.unsqueeze(0)
+    return None
+
+
 def run(
     system: Any,
     operator: Any,
@@ -131,6 +139,9 @@ def run(
         attrs: extra attributes for the dataset (experiment, operator and method names, ...).
 
     Returns:
+        The mean, spread and CRPS use a particle filter's weights (``ctx.state["weights"]``) when it
+        keeps them; the rank histogram counts members unweighted.
+
         An ``xarray.Dataset`` with dims ``time`` (cycle), the state dims and ``rank``; variables
         ``mean``, ``observation`` and (with ``truth``) ``truth``; per cycle ``spread``,
         ``spread_forecast``, and with ``truth`` ``rmse``, ``rmse_forecast``, ``crps``, ``rank_hist``
@@ -200,17 +211,23 @@ def run(
         except torch.linalg.LinAlgError as err:
             status, reason = "diverged", f"linear algebra failed at cycle {k}: {err}"
             break
+        except DegenerateEnsembleError as err:
+            status, reason = "diverged", f"degenerate ensemble at cycle {k}: {err}"
+            break
         if not bool(torch.isfinite(ensemble).all()):
             status, reason = "diverged", f"non-finite analysis at cycle {k}"
             break
-        mean = ensemble.mean(0)
+        weights = _weights(ctx, n_members)
+        mean = metrics.ensemble_mean(ensemble.unsqueeze(0), weights)[0]
         mean_out[k] = mean.detach().cpu()
         if members_out is not None:
             members_out[k] = ensemble.detach().cpu()
-        per_cycle["spread"][k] = metrics.spread(ensemble.unsqueeze(0)).item()
+        per_cycle["spread"][k] = metrics.spread(ensemble.unsqueeze(0), weights).item()
         if truth is not None:
             per_cycle["rmse"][k] = metrics.rmse(mean.unsqueeze(0), truth[k : k + 1]).item()
-            per_cycle["crps"][k] = metrics.crps(ensemble.unsqueeze(0), truth[k : k + 1]).item()
+            per_cycle["crps"][k] = metrics.crps(
+                ensemble.unsqueeze(0), truth[k : k + 1], weights=weights
+            ).item()
             rank_hist[k] = metrics.rank_histogram(ensemble.unsqueeze(0), truth[k : k + 1])[0].cpu()
             if vorticity is not None:
                 w_true = vorticity(truth[k : k + 1])

@@ -27,25 +27,66 @@ def rmse(mean: Tensor, truth: Tensor) -> Tensor:
     return _flat(mean - truth, 1).pow(2).mean(-1).sqrt()
 
 
-def spread(ensemble: Tensor) -> Tensor:
-    """Root mean ensemble variance (ddof 1): ``sqrt(mean_j var_i x_ij)``; ``(B, N, *S) -> (B,)``."""
+def _check_weights(weights: Tensor | None, ensemble: Tensor) -> Tensor | None:
+    if weights is None:
+        return None
+    if weights.shape != ensemble.shape[:2]:
+        raise ValueError(
+            f"weights must be shaped (B, N) = {tuple(ensemble.shape[:2])}, got {tuple(weights.shape)}"
+        )
+    return weights.to(ensemble.dtype)
+
+
+def ensemble_mean(ensemble: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over members, ``sum_i w_i x_i`` with normalized ``weights`` (B, N) (uniform if None); ``(B, *S)``."""
+    w = _check_weights(weights, ensemble)
+    if w is None:
+        return ensemble.mean(1)
+    return (_flat(ensemble, 2) * w.unsqueeze(-1)).sum(1).reshape(ensemble.shape[:1] + ensemble.shape[2:])
+
+
+def spread(ensemble: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Root mean ensemble variance: ``sqrt(mean_j var_i x_ij)``; ``(B, N, *S) -> (B,)``.
+
+    Unweighted: ddof 1. With normalized ``weights`` (B, N) (a particle filter's), the unbiased weighted
+    variance ``sum_i w_i (x_i - m)^2 / (1 - sum_i w_i^2)`` (0 when one particle holds all the weight).
+    """
     if ensemble.shape[1] < 2:
         raise ValueError("spread: needs at least 2 ensemble members")
-    return _flat(ensemble, 2).var(dim=1, unbiased=True).mean(-1).sqrt()
+    w = _check_weights(weights, ensemble)
+    if w is None:
+        return _flat(ensemble, 2).var(dim=1, unbiased=True).mean(-1).sqrt()
+    flat = _flat(ensemble, 2)
+    dev2 = (flat - (flat * w.unsqueeze(-1)).sum(1, keepdim=True)).square()
+    var = (dev2 * w.unsqueeze(-1)).sum(1) / (1.0 - w.square().sum(1, keepdim=True)).clamp_min(1e-12)
+    return var.mean(-1).sqrt()
 
 
-def crps(ensemble: Tensor, truth: Tensor, *, fair: bool = False) -> Tensor:
+def crps(ensemble: Tensor, truth: Tensor, *, fair: bool = False, weights: Tensor | None = None) -> Tensor:
     """Ensemble CRPS averaged over the state; ``(B, N, *S), (B, *S) -> (B,)``.
 
     ``CRPS = E|X - y| - 1/2 E|X - X'|`` with the ensemble as the empirical distribution. The pairwise
     term uses the sorted members ``x_(1) <= ... <= x_(N)``:
     ``sum_{i,k} |x_i - x_k| = 2 sum_i (2i - N - 1) x_(i)``, so the cost is O(N log N).
     ``fair=True`` divides the pairwise sum by ``N(N-1)`` instead of ``N^2`` (unbiased for the
-    distribution the members are drawn from).
+    distribution the members are drawn from). With normalized ``weights`` (B, N) the distribution puts
+    mass ``w_i`` on ``x_i``: ``sum_{i,k} w_i w_k |x_i - x_k| = 2 sum_i w_(i) x_(i) (2 W_(i) + w_(i) - 1)``
+    with ``W_(i)`` the weight strictly below ``x_(i)`` (``fair`` is then not defined).
     """
     n = ensemble.shape[1]
     ens = _flat(ensemble, 2)
     y = _flat(truth, 1).unsqueeze(1)
+    w = _check_weights(weights, ensemble)
+    if w is not None:
+        if fair:
+            raise ValueError("crps: fair=True is not defined for weighted ensembles")
+        w = w.unsqueeze(-1).expand_as(ens)
+        skill = ((ens - y).abs() * w).sum(1)
+        sorted_x, order = ens.sort(dim=1)
+        ws = torch.gather(w, 1, order)
+        below = torch.cumsum(ws, dim=1) - ws
+        pair = 2.0 * (ws * sorted_x * (2.0 * below + ws - 1.0)).sum(1)
+        return (skill - 0.5 * pair).mean(-1)
     skill = (ens - y).abs().mean(1)
     ranks = torch.arange(1, n + 1, device=ens.device, dtype=ens.dtype).view(1, n, 1)
     pair_sum = 2.0 * ((2.0 * ranks - n - 1.0) * ens.sort(dim=1).values).sum(1)

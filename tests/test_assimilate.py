@@ -90,3 +90,33 @@ def test_bad_input():
         run(system, Everything(), Explode(), torch.zeros(2, 4), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="steps_per_cycle"):
         run(system, Everything(), Explode(), torch.zeros(2, 3), torch.zeros(3, 3), steps_per_cycle=0)
+
+
+@dataclass(frozen=True)
+class Collapse:
+    def analyse(self, prior, z, operator, ctx):
+        from masf.filters.base import DegenerateEnsembleError
+
+        raise DegenerateEnsembleError("all members identical")
+
+
+def test_degenerate_ensemble_is_recorded_as_diverged():
+    ds = run(Drift(), Everything(), Collapse(), torch.zeros(3, 3), torch.zeros(4, 3))
+    assert ds.attrs["status"] == "diverged" and "degenerate" in ds.attrs["status_reason"]
+
+
+@dataclass(frozen=True)
+class Weighted:
+    """Keeps the particles and puts all weight on member 0, as a particle filter may."""
+
+    def analyse(self, prior, z, operator, ctx):
+        w = torch.zeros(prior.shape[0], dtype=prior.dtype)
+        w[0] = 1.0
+        ctx.state["weights"] = w
+        return prior + torch.arange(prior.shape[0], dtype=prior.dtype).view(-1, 1)
+
+
+def test_particle_weights_enter_mean_and_spread():
+    ds = run(Drift(), Everything(), Weighted(), torch.zeros(2, 3), torch.zeros(4, 3), truth=torch.ones(2, 3))
+    np.testing.assert_allclose(ds["mean"].values[0], 1.0)  # member 0 only: zeros forecast by one step
+    np.testing.assert_allclose(ds["spread"].values, 0.0, atol=1e-6)

@@ -8,6 +8,10 @@ from typing import Any
 import torch
 
 
+class DegenerateEnsembleError(ValueError):
+    """The ensemble cannot be analysed (e.g. all members identical); the cycle loop records ``diverged``."""
+
+
 @dataclass
 class Context:
     """Mutable per-run state handed to ``Filter.analyse`` at every analysis.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from masf.filters.base import DegenerateEnsembleError
 from masf.systems.base import randn
 
 
@@ -66,9 +67,10 @@ def check_prior(prior: Tensor, z: Tensor, operator: Any, filter_name: str) -> No
 
 
 def check_spread(anomalies: Tensor, filter_name: str) -> None:
-    """``ValueError`` if every anomaly is exactly zero (all members identical: nothing to update with)."""
+    """``DegenerateEnsembleError`` (a ``ValueError``) if every anomaly is exactly zero (all members
+    identical: nothing to update with); the cycle loop records such a run as ``diverged``."""
     if not bool(anomalies.abs().amax() > 0):
-        raise ValueError(
+        raise DegenerateEnsembleError(
             f"{filter_name}: the prior ensemble has zero spread (all members identical); "
             "an ensemble Kalman update needs a spread (perturb the initial ensemble)"
         )
