@@ -174,15 +174,17 @@ def test_ctrl_c_leaves_nothing_in_the_queue(tmp_path):
     wait_for(lambda: not (ours & queued_ids()), 60, f"jobs {sorted(ours)} to leave squeue")
 
 
-def _release_begin_time_holds(stop: threading.Event) -> None:
-    """SLURM holds a requeued job for about 2 min (Reason=BeginTime); start such jobs at once instead."""
+def _release_begin_time_holds(workdir: Path, rule: str, stop: threading.Event) -> None:
+    """SLURM holds a requeued job for about 2 min (Reason=BeginTime); start the rule's jobs at once instead."""
     while not stop.wait(1):
-        listing = subprocess.run(
-            ["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True, timeout=60
-        ).stdout
-        for line in listing.splitlines():
-            job, reason = line.split(maxsplit=1)
-            if reason.strip() == "BeginTime":
+        for job in job_ids(workdir, rule):
+            reason = subprocess.run(
+                ["squeue", "-h", "-j", job, "-t", "PD", "-o", "%r"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.strip()
+            if reason == "BeginTime":
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=60)
 
 
@@ -193,7 +195,7 @@ def test_too_short_runtime_requeues_the_job_until_it_completes(tmp_path):
     # same job id (requeue), as often as needed.
     work = toy_workdir(tmp_path)
     stop = threading.Event()
-    releaser = threading.Thread(target=_release_begin_time_holds, args=(stop,), daemon=True)
+    releaser = threading.Thread(target=_release_begin_time_holds, args=(work, "resumable", stop), daemon=True)
     releaser.start()
     try:
         done = snakemake(
