@@ -11,6 +11,7 @@ the SLURM state of all jobs with one batched ``sacct`` at most every ``--submiti
 to see jobs that died without a result (cancelled, out of memory, node failure, time limit).
 """
 
+import shutil
 import subprocess
 import threading
 import time
@@ -130,6 +131,11 @@ class Executor(RemoteExecutor):
             )
         if settings.status_interval < 1:
             raise WorkflowError("--submitit-status-interval must be at least 1 second (60 on a cluster).")
+        if settings.cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+            raise WorkflowError(
+                "--submitit-cluster slurm needs SLURM's sbatch and srun on PATH, and they are not there: run "
+                "Snakemake on a login node of the cluster, or use --submitit-cluster local to run the jobs here."
+            )
         if settings.signal_delay < 30:
             raise WorkflowError("--submitit-signal-delay must be at least 30 seconds.")
         self.settings = settings
@@ -295,7 +301,11 @@ class Executor(RemoteExecutor):
         self, active_jobs: list[SubmittedJobInfo]
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
         """Report finished jobs (success or error) and yield those still running."""
-        if self.settings.cluster == "slurm" and active_jobs:
+        if not active_jobs:
+            # RemoteExecutor starts the thread that calls this before __post_init__ has run: without jobs
+            # there is nothing to do, and self.settings may not exist yet.
+            return
+        if self.settings.cluster == "slurm":
             self._refresh_slurm_states()
         for info in active_jobs:
             async with self.status_rate_limiter:

@@ -268,6 +268,25 @@ def test_toy_workflow_on_the_local_cluster(tmp_path):
     assert len(logs) == 3  # one folder per job, named by rule and job id
 
 
+def test_slurm_cluster_without_slurm_commands_fails_with_the_fix(tmp_path):
+    work = toy_workdir(tmp_path)
+    tools = tmp_path / "bin"  # what Snakemake needs, but no sbatch or srun
+    tools.mkdir()
+    for tool in ("bash", "which"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--jobs", "1", "--executor", "submitit"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{tools}"},
+    )
+    assert done.returncode != 0
+    assert "--submitit-cluster slurm needs SLURM's sbatch and srun on PATH" in done.stderr
+    assert "has no attribute" not in done.stderr  # the status thread must not trip over a half-made executor
+
+
 @pytest.mark.slow
 def test_toy_workflow_on_the_debug_cluster(tmp_path):
     work = toy_workdir(tmp_path)
