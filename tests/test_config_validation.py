@@ -218,7 +218,7 @@ def test_pretraining_jobs_only_for_score_based_methods():
     jobs = mc.pretrain_jobs(cfg)
     assert jobs and all(mc.is_score_based(cfg, j["method"]) for j in jobs)
     # the sigmoid operator runs only the methods it lists
-    assert {j["method"] for j in jobs if j["operator"] == "sigmoid"} == {"masf_nonlinear", "sf"}
+    assert {j["method"] for j in jobs if j["operator"] == "sigmoid"} == {"sf"}
 
 
 def test_sampling_parameters_do_not_change_the_pretraining_spec():
