@@ -306,10 +306,10 @@ class Executor(RemoteExecutor):
             # there is nothing to do, and self.settings may not exist yet.
             return
         if self.settings.cluster == "slurm":
-            self._refresh_slurm_states()
-        for info in active_jobs:
-            async with self.status_rate_limiter:
-                status, message = self._outcome(info)
+            async with self.status_rate_limiter:  # the one scheduler call of this check
+                self._refresh_slurm_states()
+        for info in active_jobs:  # file checks only: no rate limit, thousands of jobs take a moment
+            status, message = self._outcome(info)
             if status == "running":
                 yield info
             elif status == "success":
