@@ -165,7 +165,11 @@ def vorticity_panel(
         rows.append((label, vorticity(ds["mean"].values[picks]), "RdBu_r"))
     limit = float(np.nanmax(np.abs(rows[0][1]))) or 1.0
     fig, axes = plt.subplots(
-        len(rows), len(picks), figsize=(2.2 * len(picks), 2.2 * len(rows)), squeeze=False
+        len(rows),
+        len(picks),
+        figsize=(2.2 * len(picks), 2.2 * len(rows)),
+        squeeze=False,
+        layout="constrained",
     )
     for r, (label, fields, cmap) in enumerate(rows):
         for c, t in enumerate(picks):
