@@ -1,13 +1,13 @@
 """Planning time of a 10,000-job sweep: write the config, time `snakemake -n` on the real Snakefile.
 
-    .venv/bin/python benchmarks/planning/run.py [--seeds 40] [--repeats 3] [--out benchmarks/planning/results.json]
+    .venv/bin/python benchmarks/planning/run.py [--jobs 10000] [--seeds 40] [--repeats 3]
 
-The sweep: 10 Lorenz-96 experiments (forcings 8.0..9.8) x 5 every-k-th operators x 5 methods (MASF
-bridge and reference, SF, EnKF, LETKF) x 40 seeds = 10,000 assimilate jobs, plus 400 simulate, 10 dataset,
-150 pretrain, aggregate, figures. The config is validated as usual (schema and cross-field checks) while
-Snakemake parses the Snakefile. Each repeat runs in a fresh working directory (nothing exists, so every job
-is planned). Timed: `snakemake -n` (job list printed to a pipe, as a user sees it) and `snakemake -n -q`
-(summary only).
+The sweep is config/paper.yaml (Kolmogorov 128/256/512, grid/center/sigmoid/speed operators, all methods)
+scaled up: 40 seeds, and every method repeated with different hyper-parameters (``nfe`` + 10·v for the
+score-based methods, ``inflation`` + 0.01·v for the others) until there are at least 10,000 assimilate jobs.
+The config is validated as usual (schema and cross-field checks) while Snakemake parses the Snakefile. Each
+repeat runs in a fresh working directory (nothing exists, so every job is planned). Timed: `snakemake -n`
+(job list printed to a pipe, as a user sees it) and `snakemake -n -q` (summary only).
 """
 
 import argparse
@@ -24,49 +24,42 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = {
-    "masf_bridge": {
-        "filter": "masf",
-        "sampler": "bridge",
-        "nfe": 50,
-        "pretrain_epochs": 30,
-        "finetune_epochs": 10,
-    },
-    "masf_reference": {
-        "filter": "masf",
-        "sampler": "reference",
-        "nfe": 50,
-        "pretrain_epochs": 30,
-        "finetune_epochs": 10,
-    },
-    "sf": {"filter": "sf", "nfe": 100, "pretrain_epochs": 30, "finetune_epochs": 10},
-    "enkf": {"filter": "enkf", "variant": "sqrt", "inflation": 1.02},
-    "letkf": {"filter": "letkf", "radius": 7.0, "inflation": 1.02},
-}
-OPERATOR_STRIDES = (1, 2, 4, 5, 8)  # every k-th of 40 variables observed
+PAPER = REPO / "config" / "paper.yaml"
 
 
-def sweep_config(experiments: int, seeds: int) -> dict:
-    """A valid sweep with experiments x len(OPERATOR_STRIDES) x len(METHODS) x seeds assimilate jobs."""
-    return {
-        "device": "cpu",
-        "methods": METHODS,
-        "experiments": {
-            f"l96_f{i:02d}": {
-                "system": {"name": "lorenz96", "dim": 40, "forcing": 8.0 + 0.2 * i, "dt": 0.05},
-                "operators": {
-                    f"every{k}": {"operator": "every_kth", "k": k, "noise_std": 1.0} for k in OPERATOR_STRIDES
-                },
-                "methods": list(METHODS),
-                "cycles": 50,
-                "steps_per_cycle": 1,
-                "ensemble_size": 20,
-                "seeds": list(range(seeds)),
-                "dataset": {"samples": 1000, "seed": 0},
-            }
-            for i in range(experiments)
-        },
-    }
+def assimilate_jobs_per_seed(config: dict) -> int:
+    """Assimilate jobs of one seed: sum over experiments and operators of the methods run there."""
+    total = 0
+    for experiment in config["experiments"].values():
+        for operator in experiment["operators"].values():
+            total += len(operator.get("methods", experiment["methods"]))
+    return total
+
+
+def sweep_config(target: int, seeds: int) -> dict:
+    """config/paper.yaml scaled up: ``seeds`` seeds and, for every method, hyper-parameter variants (``nfe``
+    for score-based methods, ``inflation`` for the others) until at least ``target`` assimilate jobs."""
+    paper = yaml.safe_load(PAPER.read_text())
+    per_seed = assimilate_jobs_per_seed(paper)
+    variants = -(-target // (per_seed * seeds))
+    methods = {}
+    for name, method in paper["methods"].items():
+        for v in range(variants):
+            copy = dict(method)
+            if "nfe" in copy:
+                copy["nfe"] = int(copy["nfe"]) + 10 * v
+            elif "inflation" in copy:
+                copy["inflation"] = round(float(copy["inflation"]) + 0.01 * v, 4)
+            methods[f"{name}_v{v}"] = copy
+    rename = lambda names: [f"{n}_v{v}" for n in names for v in range(variants)]  # noqa: E731
+    for experiment in paper["experiments"].values():
+        experiment["seeds"] = list(range(42, 42 + seeds))
+        experiment["methods"] = rename(experiment["methods"])
+        for operator in experiment["operators"].values():
+            if "methods" in operator:
+                operator["methods"] = rename(operator["methods"])
+    paper["methods"] = methods
+    return paper
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -103,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiments", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=10_000, help="at least this many assimilate jobs")
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
@@ -112,7 +105,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory(prefix="masf-planning-config-") as folder:
         config = Path(folder) / "sweep10k.yaml"
-        config.write_text(yaml.safe_dump(sweep_config(args.experiments, args.seeds), sort_keys=False))
+        config.write_text(yaml.safe_dump(sweep_config(args.jobs, args.seeds), sort_keys=False))
         timings: dict[str, list[float]] = {"dry_run_s": [], "dry_run_quiet_s": []}
         counts: dict[str, int] = {}
         for _ in range(args.repeats):
@@ -125,7 +118,8 @@ def main() -> None:
         [sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()
     result = {
-        "what": "snakemake -n on the real Snakefile, fresh working directory, 10,000 assimilate jobs",
+        "what": "snakemake -n on the real Snakefile, fresh working directory, config/paper.yaml scaled to "
+        f"{args.seeds} seeds and hyper-parameter variants (>= {args.jobs} assimilate jobs)",
         "jobs": counts,
         **timings,
         "dry_run_median_s": sorted(timings["dry_run_s"])[len(timings["dry_run_s"]) // 2],
