@@ -13,9 +13,12 @@ imports (torch, xarray) happen inside the commands so that ``masf --help`` and `
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from masf import config as mc
@@ -181,6 +184,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     from masf.io import read_dataset
     from masf.rng import generator
+    from masf.train import StopOnSignal
 
     _set_threads(args.threads)
     spec = _spec(args, mc.pretrain_spec, "experiment", "operator", "method")
@@ -191,15 +195,31 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if not getattr(flt, "needs_pretraining", False):
         raise SystemExit(f"masf: filter {spec['method']['filter']!r} needs no pretraining")
     data = torch.from_numpy(read_dataset(args.data)["snapshots"].values)
-    flt.pretrain(
-        data,
-        operator,
-        checkpoint=args.out,
-        generator=generator(spec["seed"], "train", device),
-        device=device,
-        progress=not args.quiet,
-    )
+    partial = partial_checkpoint(args.out, spec)
+    with StopOnSignal() as stop:
+        flt.pretrain(
+            data,
+            operator,
+            checkpoint=str(partial),
+            generator=generator(spec["seed"], "train", device),
+            device=device,
+            progress=not args.quiet,
+            stop=stop,
+        )
+    os.replace(partial, args.out)
     return 0
+
+
+def partial_checkpoint(out: str, spec: dict) -> Path:
+    """Where an unfinished pretraining keeps its checkpoint: beside ``out``, named by a hash of the spec.
+
+    It is not the rule's output, so Snakemake does not delete it when a job is killed (timeout,
+    preemption: SIGTERM saves it at the end of the current step, see ``masf.train.StopOnSignal``), and
+    the requeued or rerun job resumes from it. A changed spec gives another name, so a stale partial
+    checkpoint is never resumed.
+    """
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(f"{out}.{digest}.partial")
 
 
 def cmd_assimilate(args: argparse.Namespace) -> int:

@@ -217,6 +217,7 @@ class MASF:
         generator: torch.Generator,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        stop: Any = None,
     ) -> None:
         """Train the x0-predictor on climatology snapshots ``data`` (M, *S) and write ``checkpoint``."""
         self.check_operator(operator)
@@ -239,6 +240,7 @@ class MASF:
             generator=generator,
             device=device,
             progress=progress,
+            stop=stop,
         )
 
     # --------------------------------------------------------------------------------------- analysis

@@ -191,10 +191,12 @@ def pretrain_network(
     generator: torch.Generator,
     device: str | torch.device,
     progress: bool,
+    stop: Any = None,
 ) -> None:
     """Fit ``normalizer`` on ``data`` (M, *S) (physical, cast to float32), train a ``kind`` network on the normalized data with
     ``loss_fn`` (``masf.train.pretrain``) and write ``checkpoint``.
 
+    ``stop`` (a ``masf.train.StopOnSignal``) makes SIGTERM save the checkpoint and exit; a rerun resumes.
     The checkpoint's run config holds ``method``, ``operator`` (its ``params()``), the forward-process
     parameters ``process`` (e.g. ``{"sigma_max": 25.0}``) and ``normalizer`` (statistics as lists).
     """
@@ -223,6 +225,7 @@ def pretrain_network(
         checkpoint_path=checkpoint,
         config=config,
         progress=progress,
+        stop=stop,
     )
 
 

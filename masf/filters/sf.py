@@ -204,6 +204,7 @@ class SF:
         generator: torch.Generator,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        stop: Any = None,
     ) -> None:
         """Fit the normalizer on ``data`` (M, *S) (physical) and train the ε-network; write ``checkpoint``."""
         self.check_operator(operator)
@@ -224,6 +225,7 @@ class SF:
             generator=generator,
             device=device,
             progress=progress,
+            stop=stop,
         )
 
     def analyse(self, prior: Tensor, z: Tensor, operator: Any, ctx: Context) -> Tensor:

@@ -176,6 +176,7 @@ class SSLS:
         generator: torch.Generator,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        stop: Any = None,
     ) -> None:
         """Fit the normalizer on ``data`` (M, *S) (physical), train the time-free ε-network; write ``checkpoint``."""
         self.check_operator(operator)
@@ -196,6 +197,7 @@ class SSLS:
             generator=generator,
             device=device,
             progress=progress,
+            stop=stop,
         )
 
     def analyse(self, prior: Tensor, z: Tensor, operator: Any, ctx: Context) -> Tensor:
