@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	PATH="$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/pytest
+	PATH="$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/pytest --durations=30
 
 clean-results:
 	rm -rf results/data results/runs results/checkpoints results/figures results/metrics.nc results/report.html
