@@ -37,12 +37,11 @@ from masf.filters.score_common import (
     check_int,
     check_number,
     check_training_fields,
-    finetune_model,
-    loaded_model,
     make_normalizer,
     network_kind,
     network_sizes,
-    pretrain_network,
+    prepared_model,
+    pretrain_filter,
     timed,
     uniform,
 )
@@ -223,24 +222,19 @@ class MASF:
         self.check_operator(operator)
         normalizer = make_normalizer(self.normalize, self.norm_form, self.norm_update)
         normalizer.fit(data.to(device))
-        kind = self.kind(tuple(data.shape[1:]))
-        pretrain_network(
+        pretrain_filter(
+            self,
             data,
             operator,
             self.loss(self.process(operator, normalizer)),
-            method="masf",
             process={"T": self.T, "tau": self.tau, "dual": self.dual_head},
-            kind=kind,
-            sizes=self._sizes(kind),
-            normalizer=normalizer,
-            epochs=self.pretrain_epochs,
-            batch_size=self.pretrain_batch,
-            lr=self.pretrain_lr,
             checkpoint=checkpoint,
             generator=generator,
             device=device,
             progress=progress,
             stop=stop,
+            kind=self.kind(tuple(data.shape[1:])),
+            normalizer=normalizer,
         )
 
     # --------------------------------------------------------------------------------------- analysis
@@ -316,16 +310,12 @@ class MASF:
             ctx.state["operator"] = operator
             model = self._scratch_model(prior, ctx)
         else:
-            model = loaded_model(ctx, self._expect(operator), prior, "masf")
-            finetune_model(
-                model,
+            model = prepared_model(
+                self,
                 prior,
-                self.loss(self.process(operator, model.normalizer)),
                 ctx,
-                epochs=self.finetune_epochs,
-                batch_size=self.finetune_batch,
-                lr=self.finetune_lr,
-                method="masf",
+                self._expect(operator),
+                lambda m: self.loss(self.process(operator, m.normalizer)),
             )
         norm = model.normalizer
         process = self.process(operator, norm)

@@ -312,3 +312,66 @@ def timed(fn: Callable[[], Tensor], ctx: Context, stage: str, like: Tensor) -> T
     _sync(out)
     ctx.add_time(stage, time.perf_counter() - started)
     return out
+
+
+def pretrain_filter(
+    f: Any,
+    data: Tensor,
+    operator: Any,
+    loss_fn: LossFn,
+    *,
+    process: dict[str, Any],
+    checkpoint: str,
+    generator: torch.Generator,
+    device: str | torch.device,
+    progress: bool,
+    stop: Any = None,
+    kind: str | None = None,
+    time_conditioned: bool = True,
+    normalizer: Normalizer | None = None,
+) -> None:
+    """Pretrain the network of the score-based filter ``f`` (its network, normalization and
+    ``pretrain_*`` fields) on ``data`` with ``loss_fn``; see :func:`pretrain_network`.
+
+    ``kind`` overrides ``f.network`` resolved by :func:`network_kind`; ``normalizer`` a fresh one from
+    ``f``'s normalization fields (pass one when ``loss_fn`` was built on it).
+    """
+    kind = kind or network_kind(f.network, tuple(data.shape[1:]))
+    pretrain_network(
+        data,
+        operator,
+        loss_fn,
+        method=f.name,
+        process=process,
+        kind=kind,
+        sizes=network_sizes(kind, f.width, f.depth, time_conditioned=time_conditioned),
+        normalizer=normalizer or make_normalizer(f.normalize, f.norm_form, f.norm_update),
+        epochs=f.pretrain_epochs,
+        batch_size=f.pretrain_batch,
+        lr=f.pretrain_lr,
+        checkpoint=checkpoint,
+        generator=generator,
+        device=device,
+        progress=progress,
+        stop=stop,
+    )
+
+
+def prepared_model(
+    f: Any, prior: Tensor, ctx: Context, expect: dict[str, Any], loss_fn: Callable[[ScoreModel], LossFn]
+) -> ScoreModel:
+    """The model of filter ``f`` for this analysis: loaded from ``ctx.pretrained`` on first use (checked
+    against ``expect``), then fine-tuned on ``prior`` with ``loss_fn(model)`` and ``f``'s ``finetune_*``
+    fields (from the second analysis on; see :func:`finetune_model`)."""
+    model = loaded_model(ctx, expect, prior, f.name)
+    finetune_model(
+        model,
+        prior,
+        loss_fn(model),
+        ctx,
+        epochs=f.finetune_epochs,
+        batch_size=f.finetune_batch,
+        lr=f.finetune_lr,
+        method=f.name,
+    )
+    return model

@@ -40,13 +40,9 @@ from masf.filters.score_common import (
     check_training_fields,
     clip_rms,
     expand_as_batch,
-    finetune_model,
     likelihood_score,
-    loaded_model,
-    make_normalizer,
-    network_kind,
-    network_sizes,
-    pretrain_network,
+    prepared_model,
+    pretrain_filter,
     timed,
     uniform,
 )
@@ -208,19 +204,12 @@ class SF:
     ) -> None:
         """Fit the normalizer on ``data`` (M, *S) (physical) and train the ε-network; write ``checkpoint``."""
         self.check_operator(operator)
-        kind = network_kind(self.network, tuple(data.shape[1:]))
-        pretrain_network(
+        pretrain_filter(
+            self,
             data,
             operator,
             self.loss_fn(),
-            method=self.name,
             process={"sigma_max": self.sigma_max},
-            kind=kind,
-            sizes=network_sizes(kind, self.width, self.depth, time_conditioned=True),
-            normalizer=make_normalizer(self.normalize, self.norm_form, self.norm_update),
-            epochs=self.pretrain_epochs,
-            batch_size=self.pretrain_batch,
-            lr=self.pretrain_lr,
             checkpoint=checkpoint,
             generator=generator,
             device=device,
@@ -238,17 +227,7 @@ class SF:
             "sigma_max": self.sigma_max,
             "state_shape": list(prior.shape[1:]),
         }
-        model = loaded_model(ctx, expect, prior, self.name)
-        finetune_model(
-            model,
-            prior,
-            self.loss_fn(),
-            ctx,
-            epochs=self.finetune_epochs,
-            batch_size=self.finetune_batch,
-            lr=self.finetune_lr,
-            method=self.name,
-        )
+        model = prepared_model(self, prior, ctx, expect, lambda _: self.loss_fn())
         net, norm = model.net, model.normalizer
         z_n = norm.norm_z(z.to(prior))
         sigma_n = norm.noise_std_normalized(operator.noise_std, like=prior)

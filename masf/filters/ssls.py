@@ -37,13 +37,9 @@ from masf.filters.score_common import (
     check_number,
     check_training_fields,
     clip_rms,
-    finetune_model,
     likelihood_score,
-    loaded_model,
-    make_normalizer,
-    network_kind,
-    network_sizes,
-    pretrain_network,
+    prepared_model,
+    pretrain_filter,
     timed,
 )
 from masf.systems.base import randn
@@ -180,24 +176,18 @@ class SSLS:
     ) -> None:
         """Fit the normalizer on ``data`` (M, *S) (physical), train the time-free ε-network; write ``checkpoint``."""
         self.check_operator(operator)
-        kind = network_kind(self.network, tuple(data.shape[1:]))
-        pretrain_network(
+        pretrain_filter(
+            self,
             data,
             operator,
             self.loss_fn(),
-            method=self.name,
             process={"sigma": self.sigma},
-            kind=kind,
-            sizes=network_sizes(kind, self.width, self.depth, time_conditioned=False),
-            normalizer=make_normalizer(self.normalize, self.norm_form, self.norm_update),
-            epochs=self.pretrain_epochs,
-            batch_size=self.pretrain_batch,
-            lr=self.pretrain_lr,
             checkpoint=checkpoint,
             generator=generator,
             device=device,
             progress=progress,
             stop=stop,
+            time_conditioned=False,
         )
 
     def analyse(self, prior: Tensor, z: Tensor, operator: Any, ctx: Context) -> Tensor:
@@ -210,17 +200,7 @@ class SSLS:
             "sigma": self.sigma,
             "state_shape": list(prior.shape[1:]),
         }
-        model = loaded_model(ctx, expect, prior, self.name)
-        finetune_model(
-            model,
-            prior,
-            self.loss_fn(),
-            ctx,
-            epochs=self.finetune_epochs,
-            batch_size=self.finetune_batch,
-            lr=self.finetune_lr,
-            method=self.name,
-        )
+        model = prepared_model(self, prior, ctx, expect, lambda _: self.loss_fn())
         net, norm = model.net, model.normalizer
         z_n = norm.norm_z(z.to(prior))
         sigma_n = norm.noise_std_normalized(operator.noise_std, like=prior)
