@@ -55,6 +55,17 @@ def check_number(value: Any, parameter: str, method: str, *, low: float, strict:
     return v
 
 
+def check_any_operator(operator: Any, method: str) -> None:
+    """``ValueError`` unless ``operator`` looks like a masf operator (callable, with ``noise_std``).
+
+    For filters that take every operator (linear or not): their likelihood score goes through autograd.
+    """
+    if not callable(operator) or not hasattr(operator, "noise_std"):
+        raise ValueError(
+            f"{method}: operator must be a masf operator (callable with noise_std), got {operator!r}"
+        )
+
+
 def check_training_fields(obj: Any, method: str) -> None:
     """Validate the network / training / normalization fields SF and SSLS share (frozen dataclass ``obj``)."""
     if obj.network not in NETWORK_CHOICES:

@@ -35,6 +35,7 @@ from masf.filters.base import Context
 from masf.filters.score_common import (
     channel_sum_mse,
     check_analysis_input,
+    check_any_operator,
     check_int,
     check_number,
     check_training_fields,
@@ -182,10 +183,7 @@ class SF:
 
     def check_operator(self, operator: Any) -> None:
         """Accepts every operator: the likelihood score is taken by autograd through H."""
-        if not callable(operator) or not hasattr(operator, "noise_std"):
-            raise ValueError(
-                f"sf: operator must be a masf operator (callable with noise_std), got {operator!r}"
-            )
+        check_any_operator(operator, self.name)
 
     def loss_fn(self) -> Callable[[nn.Module, Tensor, torch.Generator], Tensor]:
         """The training loss ``loss(net, x0, generator)`` for this σ_max."""

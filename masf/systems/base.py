@@ -69,3 +69,21 @@ def check_count(n: int, parameter: str, system: str) -> int:
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"{system}: {parameter} must be an integer >= 1, got {n!r}")
     return int(n)
+
+
+def rk4_advance(
+    tendency: Callable[[Tensor], Tensor],
+    x: Tensor,
+    n: int,
+    dt: float,
+    state_shape: tuple[int, ...],
+    name: str,
+) -> Tensor:
+    """Check ``x`` (N, *state_shape) and advance it ``n`` RK4 steps of ``dt`` (a new tensor; ``x`` is kept)."""
+    check_state(x, state_shape, name)
+    steps = check_steps(n)
+    if steps == 0:
+        return x.clone()
+    for _ in range(steps):
+        x = rk4_step(tendency, x, dt)
+    return x
