@@ -64,7 +64,8 @@ def test_dry_run_plans_every_job(name, tmp_path):
 
 def test_default_config_is_sweep_yaml_and_not_merged(tmp_path):
     """Without --configfile the default sweep runs; with one, only that file counts (no deep merge)."""
-    default = job_counts(snakemake(REPO, "-n").stdout)
+    # --forceall: plan every job even where a local run already left results in the checkout
+    default = job_counts(snakemake(REPO, "-n", "--forceall").stdout)
     sweep = mc.load_validated(REPO / "config" / "sweep.yaml")
     assert default["assimilate"] == len(mc.runs(sweep))
     paper = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
