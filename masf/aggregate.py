@@ -104,7 +104,12 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
             bench if math.isfinite(bench) else float(ds.attrs.get("wall_clock_total_s", math.nan))
         )
         scalars["wall_clock_pretrain_s"][idx] = benchmark_seconds(
-            mc.BENCHMARK.format(stage="pretrain", name="{experiment}/{operator}/{method}".format(**r))
+            mc.BENCHMARK.format(
+                stage="pretrain",
+                name="{experiment}/{operator}/{owner}".format(
+                    owner=r.get("checkpoint_method") or r["method"], **r
+                ),
+            )
         )
 
     dims = ("experiment", "operator", "method", "seed")
@@ -119,7 +124,10 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
         "crps_mean": ("time-mean analysis CRPS (NaN if diverged)", "state units"),
         "ssim_mean": ("time-mean vorticity SSIM, 2-D systems only (NaN if diverged)", "1"),
         "wall_clock_s": ("wall-clock of the assimilate job (Snakemake benchmark)", "s"),
-        "wall_clock_pretrain_s": ("wall-clock of the pretraining job, shared by all seeds", "s"),
+        "wall_clock_pretrain_s": (
+            "wall-clock of the pretraining job, shared by all seeds and by methods with the same checkpoint",
+            "s",
+        ),
     }
     for stage in STAGES:
         described[f"wall_clock_{stage}_s"] = (f"wall-clock of the {stage} stage inside the run", "s")

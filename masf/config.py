@@ -379,24 +379,57 @@ def is_score_based(cfg: dict[str, Any], method: str) -> bool:
 
 
 def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every (experiment, operator, method, seed) of the sweep, as wildcard dicts."""
+    """Every (experiment, operator, method, seed) of the sweep, as wildcard dicts.
+
+    Each dict also has ``checkpoint_method``: the method whose checkpoint the run loads (see
+    :func:`checkpoint_owners`), or None for classical methods.
+    """
+    owners = checkpoint_owners(cfg)
     out = []
     for ename, exp in cfg["experiments"].items():
         for oname in exp["operators"]:
             for mname in methods_for(cfg, ename, oname):
                 for seed in exp["seeds"]:
-                    out.append({"experiment": ename, "operator": oname, "method": mname, "seed": seed})
+                    out.append(
+                        {
+                            "experiment": ename,
+                            "operator": oname,
+                            "method": mname,
+                            "seed": seed,
+                            "checkpoint_method": owners.get((ename, oname, mname)),
+                        }
+                    )
     return out
 
 
+def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], str]:
+    """(experiment, operator, method) -> the method whose checkpoint it uses, for score-based methods.
+
+    Methods of one operator with equal :func:`pretrain_spec` share one checkpoint, owned by the first of
+    them in the operator's method list: e.g. MASF's bridge and reference samplers train the same network.
+    """
+    owners: dict[tuple[str, str, str], str] = {}
+    for ename, exp in cfg["experiments"].items():
+        for oname in exp["operators"]:
+            specs: list[tuple[str, dict[str, Any]]] = []
+            for mname in methods_for(cfg, ename, oname):
+                if not is_score_based(cfg, mname):
+                    continue
+                spec = pretrain_spec(cfg, ename, oname, mname)
+                owner = next((m for m, s in specs if s == spec), mname)
+                if owner == mname:
+                    specs.append((mname, spec))
+                owners[(ename, oname, mname)] = owner
+    return owners
+
+
 def pretrain_jobs(cfg: dict[str, Any]) -> list[dict[str, str]]:
-    """Every (experiment, operator, method) with a score-based method: one checkpoint each."""
-    seen = []
-    for run in runs(cfg):
-        key = {k: run[k] for k in ("experiment", "operator", "method")}
-        if is_score_based(cfg, run["method"]) and key not in seen:
-            seen.append(key)
-    return seen
+    """Every (experiment, operator, method) that owns a checkpoint (see :func:`checkpoint_owners`)."""
+    return [
+        {"experiment": e, "operator": o, "method": m}
+        for (e, o, m), owner in checkpoint_owners(cfg).items()
+        if owner == m
+    ]
 
 
 def spatial_experiments(cfg: dict[str, Any]) -> list[str]:
@@ -443,6 +476,8 @@ def pretrain_spec(cfg: dict[str, Any], experiment: str, operator: str, method: s
     exp = cfg["experiments"][experiment]
     m = cfg["methods"][method]
     skip = SAMPLING_ONLY.get(m["filter"], frozenset())
+    if m["filter"] == "masf" and m.get("sampler", "bridge") in LINEAR_ONLY_SAMPLERS:
+        skip = skip | {"sampler"}  # the bridge and reference samplers use the same single-head network
     return {
         "system": exp["system"],
         "operator": _operator(cfg, experiment, operator),

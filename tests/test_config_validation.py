@@ -221,6 +221,26 @@ def test_pretraining_jobs_only_for_score_based_methods():
     assert {j["method"] for j in jobs if j["operator"] == "sigmoid"} == {"sf"}
 
 
+def test_masf_bridge_and_reference_share_one_checkpoint():
+    cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
+    owners = mc.checkpoint_owners(cfg)
+    assert owners[("l96", "every2", "masf_reference")] == "masf_bridge"
+    assert owners[("l96", "every2", "sf")] == "sf"
+    jobs = [(j["experiment"], j["operator"], j["method"]) for j in mc.pretrain_jobs(cfg)]
+    assert ("l96", "every2", "masf_bridge") in jobs and ("l96", "every2", "masf_reference") not in jobs
+    run = next(r for r in mc.runs(cfg) if r["method"] == "masf_reference")
+    assert run["checkpoint_method"] == "masf_bridge"
+    assert next(r for r in mc.runs(cfg) if r["method"] == "enkf")["checkpoint_method"] is None
+    # a training key of its own gives the reference sampler its own checkpoint
+    cfg["methods"]["masf_reference"]["width"] = 48
+    assert mc.checkpoint_owners(cfg)[("l96", "every2", "masf_reference")] == "masf_reference"
+    # the nonlinear sampler trains a dual-head network: never shared with the linear samplers
+    cfg["methods"]["masf_nonlinear"] = {**cfg["methods"]["masf_bridge"], "sampler": "nonlinear"}
+    assert mc.pretrain_spec(cfg, "l96", "every2", "masf_nonlinear") != mc.pretrain_spec(
+        cfg, "l96", "every2", "masf_bridge"
+    )
+
+
 def test_sampling_parameters_do_not_change_the_pretraining_spec():
     cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
     before = mc.pretrain_spec(cfg, "l96", "every2", "masf_bridge")

@@ -18,8 +18,10 @@ def assimilate_inputs(wildcards):
     """The truth/observations file, and the checkpoint for score-based methods."""
     inputs = {"data": mc.DATA.format(experiment=wildcards.experiment, seed=wildcards.seed)}
     if mc.is_score_based(CFG, wildcards.method):
+        # methods with equal pretraining specs share the checkpoint of the first of them
+        owner = mc.checkpoint_owners(CFG)[(wildcards.experiment, wildcards.operator, wildcards.method)]
         inputs["checkpoint"] = mc.CHECKPOINT.format(
-            experiment=wildcards.experiment, operator=wildcards.operator, method=wildcards.method
+            experiment=wildcards.experiment, operator=wildcards.operator, method=owner
         )
     return inputs
 
