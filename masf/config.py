@@ -374,15 +374,24 @@ def methods_for(cfg: dict[str, Any], experiment: str, operator: str) -> list[str
 
 
 def is_score_based(cfg: dict[str, Any], method: str) -> bool:
-    """Whether ``method`` uses a pretrained score network."""
+    """Whether ``method`` is a score-based filter (it gets the `gpu` resource)."""
     return cfg["methods"][method]["filter"] in SCORE_BASED
+
+
+def needs_pretraining(cfg: dict[str, Any], method: str) -> bool:
+    """Whether ``method`` loads a pretrained network: score-based, except MASF in scratch mode (it trains
+    on the ensemble) or with ``score_model: gaussian`` (the ensemble's Gaussian fit, no network)."""
+    m = cfg["methods"][method]
+    if m["filter"] not in SCORE_BASED:
+        return False
+    return not (m.get("scratch", False) or m.get("score_model", "network") == "gaussian")
 
 
 def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Every (experiment, operator, method, seed) of the sweep, as wildcard dicts.
 
     Each dict also has ``checkpoint_method``: the method whose checkpoint the run loads (see
-    :func:`checkpoint_owners`), or None for classical methods.
+    :func:`checkpoint_owners`), or None for methods without one (see :func:`needs_pretraining`).
     """
     owners = checkpoint_owners(cfg)
     out = []
@@ -403,7 +412,8 @@ def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], str]:
-    """(experiment, operator, method) -> the method whose checkpoint it uses, for score-based methods.
+    """(experiment, operator, method) -> the method whose checkpoint it uses, for every method that
+    :func:`needs_pretraining`.
 
     Methods of one operator with equal :func:`pretrain_spec` share one checkpoint, owned by the first of
     them in the operator's method list: e.g. MASF's bridge and reference samplers train the same network.
@@ -413,7 +423,7 @@ def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], str]:
         for oname in exp["operators"]:
             specs: list[tuple[str, dict[str, Any]]] = []
             for mname in methods_for(cfg, ename, oname):
-                if not is_score_based(cfg, mname):
+                if not needs_pretraining(cfg, mname):
                     continue
                 spec = pretrain_spec(cfg, ename, oname, mname)
                 owner = next((m for m, s in specs if s == spec), mname)

@@ -231,6 +231,16 @@ def test_masf_bridge_and_reference_share_one_checkpoint():
     run = next(r for r in mc.runs(cfg) if r["method"] == "masf_reference")
     assert run["checkpoint_method"] == "masf_bridge"
     assert next(r for r in mc.runs(cfg) if r["method"] == "enkf")["checkpoint_method"] is None
+    # MASF in scratch mode or with the Gaussian score model loads no network: no checkpoint, no job
+    cfg["methods"]["masf_scratch"] = {**cfg["methods"]["masf_bridge"], "scratch": True}
+    cfg["methods"]["masf_gauss"] = {**cfg["methods"]["masf_bridge"], "score_model": "gaussian"}
+    cfg["experiments"]["l96"]["methods"] += ["masf_scratch", "masf_gauss"]
+    assert not mc.needs_pretraining(cfg, "masf_scratch") and not mc.needs_pretraining(cfg, "masf_gauss")
+    assert mc.is_score_based(cfg, "masf_scratch") and mc.needs_pretraining(cfg, "sf")
+    assert {
+        r["checkpoint_method"] for r in mc.runs(cfg) if r["method"] in ("masf_scratch", "masf_gauss")
+    } == {None}
+    assert not any(j["method"] in ("masf_scratch", "masf_gauss") for j in mc.pretrain_jobs(cfg))
     # a training key of its own gives the reference sampler its own checkpoint
     cfg["methods"]["masf_reference"]["width"] = 48
     assert mc.checkpoint_owners(cfg)[("l96", "every2", "masf_reference")] == "masf_reference"

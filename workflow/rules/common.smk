@@ -9,15 +9,15 @@ def res(stage, key):
 
 def pretrain_data(wildcards):
     """The snapshots of the experiment; refuses a method that is not score-based (it has no checkpoint)."""
-    if not mc.is_score_based(CFG, wildcards.method):
-        raise ValueError(f"method {wildcards.method!r} is not score-based; it has no checkpoint")
+    if not mc.needs_pretraining(CFG, wildcards.method):
+        raise ValueError(f"method {wildcards.method!r} loads no pretrained network; it has no checkpoint")
     return mc.SNAPSHOTS.format(experiment=wildcards.experiment)
 
 
 def assimilate_inputs(wildcards):
     """The truth/observations file, and the checkpoint for score-based methods."""
     inputs = {"data": mc.DATA.format(experiment=wildcards.experiment, seed=wildcards.seed)}
-    if mc.is_score_based(CFG, wildcards.method):
+    if mc.needs_pretraining(CFG, wildcards.method):
         # methods with equal pretraining specs share the checkpoint of the first of them
         owner = mc.checkpoint_owners(CFG)[(wildcards.experiment, wildcards.operator, wildcards.method)]
         inputs["checkpoint"] = mc.CHECKPOINT.format(
