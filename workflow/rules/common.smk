@@ -2,24 +2,28 @@
 # (Included first by the Snakefile; CFG is the validated config, mc is masf.config.)
 
 
+# (experiment, operator, method) -> the method whose checkpoint it loads; computed once per parse
+CHECKPOINT_OWNERS = mc.checkpoint_owners(CFG)
+
+
 def res(stage, key):
     """A resource of a stage from the config's `resources` section."""
     return CFG["resources"][stage][key]
 
 
 def pretrain_data(wildcards):
-    """The snapshots of the experiment; refuses a method that is not score-based (it has no checkpoint)."""
+    """The snapshots of the experiment; refuses a method that loads no pretrained network."""
     if not mc.needs_pretraining(CFG, wildcards.method):
         raise ValueError(f"method {wildcards.method!r} loads no pretrained network; it has no checkpoint")
     return mc.SNAPSHOTS.format(experiment=wildcards.experiment)
 
 
 def assimilate_inputs(wildcards):
-    """The truth/observations file, and the checkpoint for score-based methods."""
+    """The truth/observations file, and the checkpoint for methods that load a pretrained network."""
     inputs = {"data": mc.DATA.format(experiment=wildcards.experiment, seed=wildcards.seed)}
     if mc.needs_pretraining(CFG, wildcards.method):
         # methods with equal pretraining specs share the checkpoint of the first of them
-        owner = mc.checkpoint_owners(CFG)[(wildcards.experiment, wildcards.operator, wildcards.method)]
+        owner = CHECKPOINT_OWNERS[(wildcards.experiment, wildcards.operator, wildcards.method)]
         inputs["checkpoint"] = mc.CHECKPOINT.format(
             experiment=wildcards.experiment, operator=wildcards.operator, method=owner
         )
