@@ -348,7 +348,9 @@ def test_ctrl_c_stops_every_job_process(tmp_path):
 @pytest.mark.slow
 def test_timed_out_checkpointable_job_is_requeued_and_resumes(tmp_path):
     # submitit's local cluster sends USR2 30 s before the time limit (runtime 1 min): the job is stopped at
-    # about step 25 of 40, requeued, and the second start completes the remaining steps.
+    # about step 25 of 40, requeued, and a later start completes the remaining steps. 40 steps of 1 s do
+    # not fit one start's 30 s, so finishing proves that progress survived the requeue; on a loaded
+    # machine slow starts can need a third start, which is still a correct resume.
     work = toy_workdir(tmp_path)
     done = snakemake(
         work,
@@ -357,7 +359,8 @@ def test_timed_out_checkpointable_job_is_requeued_and_resumes(tmp_path):
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _read_state(work / "results" / "resumed.json") == {"step": 40, "starts": 2}
+    state = _read_state(work / "results" / "resumed.json")
+    assert state["step"] == 40 and 2 <= state["starts"] <= 3, state
     (log,) = (work / "logs" / "submitit" / "resumable").glob("*/*_0_log.err")
     assert "checkpoint requested" in log.read_text()
 
