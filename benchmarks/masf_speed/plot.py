@@ -53,6 +53,14 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+def _save(fig: Any, path: Path) -> bool:
+    """Lay out, write and close ``fig``; True (the figure was written)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_amortization(results: dict[str, Any], path: Path) -> bool:
     part = results.get("amortization") or {}
     methods = part.get("methods") or {}
@@ -126,10 +134,7 @@ def plot_amortization(results: dict[str, Any], path: Path) -> bool:
     setting = part.get("setting", {})
     n = setting.get("system", {}).get("n", "?")
     fig.suptitle(f"Amortization, Kolmogorov {n}², N = {setting.get('members', '?')}; {_title(results)}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_cost(results: dict[str, Any], path: Path) -> bool:
@@ -170,10 +175,7 @@ def plot_cost(results: dict[str, Any], path: Path) -> bool:
     )
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_nfe(results: dict[str, Any], path: Path) -> bool:
@@ -215,10 +217,7 @@ def plot_nfe(results: dict[str, Any], path: Path) -> bool:
     ax2.legend(fontsize=8)
     ax2.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"MASF RMSE against NFE; {_title(results)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def make_plots(results_path: str | Path) -> list[Path]:
