@@ -209,6 +209,42 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
     assert states_equal(load_checkpoint(tmp_path / "b.pt").net.state_dict(), straight.net.state_dict())
 
 
+def test_checkpoint_interval_limits_the_epoch_end_writes(tmp_path, monkeypatch):
+    from masf.train import loop
+
+    written: list[int] = []
+    real_write = loop.write_checkpoint
+
+    def counting_write(path, *args, **kwargs):
+        written.append(args[-1]["train"]["epoch"])
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "write_checkpoint", counting_write)
+    net, data = tiny_setup()
+    fit(
+        net,
+        x0_loss,
+        data,
+        generator=torch.Generator().manual_seed(7),
+        checkpoint_path=tmp_path / "a.pt",
+        **FIT,
+    )
+    assert written == [1, 2, 3, 4]  # every epoch by default
+    written.clear()
+    net, data = tiny_setup()
+    result = fit(
+        net,
+        x0_loss,
+        data,
+        generator=torch.Generator().manual_seed(7),
+        checkpoint_path=tmp_path / "b.pt",
+        checkpoint_interval_s=3600.0,
+        **FIT,
+    )
+    assert written == [1, 4]  # the first and the last epoch are always written, the interval holds the rest
+    assert states_equal(load_checkpoint(tmp_path / "b.pt").net.state_dict(), result.net.state_dict())
+
+
 def test_resume_refuses_other_hyper_parameters(tmp_path):
     net, data = tiny_setup()
     fit(net, x0_loss, data, generator=torch.Generator().manual_seed(0), checkpoint_path=tmp_path / "c.pt",
@@ -322,6 +358,7 @@ def test_bad_arguments_are_refused():
         (dict(val_fraction=1.0), r"val_fraction must be in \[0, 1\)"),
         (dict(ema=1.5), r"ema must be a decay in \(0, 1\)"),
         (dict(clip=0.0), "clip must be > 0 or None"),
+        (dict(checkpoint_interval_s=-1.0), "checkpoint_interval_s must be >= 0"),
     ]
     for override, message in cases:
         with pytest.raises(ValueError, match=message):

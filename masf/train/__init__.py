@@ -2,8 +2,8 @@
 
 API:
     fit(net, loss_fn, data, *, epochs, batch_size, lr, generator, weight_decay=0.01, betas=(0.9, 0.99),
-        clip=1.0, ema=None, val_fraction=0.1, checkpoint_path=None, checkpoint_every=1, config=None,
-        progress=True, resume=True, stop=None) -> TrainResult
+        clip=1.0, ema=None, val_fraction=0.1, checkpoint_path=None, checkpoint_every=1,
+        checkpoint_interval_s=0.0, config=None, progress=True, resume=True, stop=None) -> TrainResult
         ``loss_fn(net, x0_batch, generator) -> scalar`` is the method's loss; AdamW, gradient clipping,
         optional EMA, a validation split whose best weights are returned, exact resume from a checkpoint.
     pretrain(data, loss_fn, *, kind, epochs, batch_size, lr, generator, sizes=None, device=None,

@@ -67,6 +67,7 @@ def _check_fit_args(
     ema: float | None,
     val_fraction: float,
     checkpoint_every: int,
+    checkpoint_interval_s: float,
 ) -> None:
     if not isinstance(data, Tensor) or data.ndim < 2 or not data.is_floating_point() or len(data) < 1:
         raise ValueError(
@@ -92,6 +93,8 @@ def _check_fit_args(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1 (epochs), got {checkpoint_every!r}")
+    if not checkpoint_interval_s >= 0:
+        raise ValueError(f"checkpoint_interval_s must be >= 0 seconds, got {checkpoint_interval_s!r}")
 
 
 def fit(
@@ -110,6 +113,7 @@ def fit(
     val_fraction: float = 0.1,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
+    checkpoint_interval_s: float = 0.0,
     config: dict[str, Any] | None = None,
     progress: bool = True,
     resume: bool = True,
@@ -121,8 +125,9 @@ def fit(
     last one may be smaller; with N_train <= batch_size an epoch is one step). Per step: loss, backward,
     gradient-norm clip to ``clip``, AdamW step, EMA update ``e <- ema·e + (1-ema)·w``.
 
-    Checkpoints (if ``checkpoint_path``): every ``checkpoint_every`` epochs, at the end, and on a stop
-    request, written atomically. ``model`` holds the weights ``fit`` would return at that point (so the file
+    Checkpoints (if ``checkpoint_path``): every ``checkpoint_every`` epochs but no sooner than
+    ``checkpoint_interval_s`` seconds after the previous one, always at the end and on a stop request,
+    written atomically (short epochs of a large network would otherwise spend their time writing files). ``model`` holds the weights ``fit`` would return at that point (so the file
     can be used with ``load_checkpoint``) and ``extra["train"]`` the full resume state (raw weights,
     optimizer, EMA, best weights, losses, split, position, generator state). With ``resume`` and an existing
     file, training continues from it and ends with exactly the weights of an uninterrupted run; the file
@@ -134,7 +139,17 @@ def fit(
     """
     started = time.perf_counter()
     _check_fit_args(
-        data, epochs, batch_size, lr, weight_decay, betas, clip, ema, val_fraction, checkpoint_every
+        data,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        betas,
+        clip,
+        ema,
+        val_fraction,
+        checkpoint_every,
+        checkpoint_interval_s,
     )
     if not isinstance(getattr(net, "config", None), dict):
         raise ValueError("net has no .config dict; build it with masf.nets.make_network")
@@ -185,9 +200,13 @@ def fit(
             return s["best_state"]
         return s["ema_state"] if s["ema_state"] is not None else net.state_dict()
 
+    last_save = -math.inf  # the first due epoch writes at once
+
     def save() -> None:
+        nonlocal last_save
         if path is None:
             return
+        last_save = time.monotonic()
         train = {
             **s,
             "hyper": hyper,
@@ -260,7 +279,8 @@ def fit(
             loss=f"{s['train_loss'][-1]:.4g}",
             **({"val": f"{s['val_loss'][-1]:.4g}"} if s["val_loss"] else {}),
         )
-        if s["epoch"] % checkpoint_every == 0 or s["epoch"] == epochs:
+        due = s["epoch"] % checkpoint_every == 0 and time.monotonic() - last_save >= checkpoint_interval_s
+        if due or s["epoch"] == epochs:
             save()
     bar.close()
     net.load_state_dict(selected_state())
