@@ -230,9 +230,10 @@ def fit(
                 raise ValueError(
                     f"loss_fn must return a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}"
                 )
-            if not torch.isfinite(loss):
+            loss_value = loss.item()  # the step's one host sync
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"non-finite training loss {loss.item()} at epoch {s['epoch']} step {s['step']}"
+                    f"non-finite training loss {loss_value} at epoch {s['epoch']} step {s['step']}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -247,7 +248,7 @@ def fit(
                             target.lerp_(value, 1.0 - ema)
                         else:
                             target.copy_(value)
-            s["loss_sum"] += loss.item() * len(idx)
+            s["loss_sum"] += loss_value * len(idx)
             s["loss_count"] += len(idx)
             s["step"] += 1
             if stop is not None and stop.requested:
