@@ -34,7 +34,6 @@ from .cluster import (
     check_request,
     explain_submission_error,
     query_partitions,
-    still_in_queue,
 )
 from .command import CheckpointableShellCommand, ShellCommand
 from .resources import ResourceError, requested_gpus, submitit_parameters
@@ -146,7 +145,6 @@ class Executor(RemoteExecutor):
         self._partitions: dict[str, Partition] | None = None
         self._warned_no_runtime: set[str] = set()
         self._finished_at: dict[str, float] = {}
-        self._queue_checks: dict[str, tuple[float, bool | None]] = {}
 
     # ------------------------------------------------------------------ submission
     def _cluster_partitions(self) -> dict[str, Partition]:
@@ -247,23 +245,6 @@ class Executor(RemoteExecutor):
         # submitit's local cluster: the job is its controller process
         return "RUNNING" if job.get_info().get("jobState") == "RUNNING" else "FINISHED"
 
-    def _still_queued(self, job: submitit.Job) -> bool:
-        """Whether slurmctld still lists a job that sacct reports ended (always False off SLURM).
-
-        Asked only for jobs without a result file that sacct calls ended, and at most once per job per
-        ``status_interval``: a job requeued after a checkpoint can show as FAILED in sacct for a moment,
-        and submitit never asks sacct about a job again once it has seen it end.
-        """
-        if self.settings.cluster != "slurm":
-            return False
-        job_id = str(job.job_id)
-        now = time.monotonic()
-        checked = self._queue_checks.get(job_id)
-        if checked is None or now - checked[0] >= self.settings.status_interval:
-            checked = (now, still_in_queue(job_id))
-            self._queue_checks[job_id] = checked
-        return checked[1] is True
-
     def _failure_message(self, job: submitit.Job, what: str) -> str:
         """What went wrong, where the logs are, and the end of the job's own output.
 
@@ -306,9 +287,6 @@ class Executor(RemoteExecutor):
             return "error", self._failure_message(job, f"failed: {lines[-1] if lines else 'no reason given'}")
         state = self._scheduler_state(job)
         if state in ("RUNNING", "PENDING", "REQUEUED", "COMPLETING", "UNKNOWN", "READY", "PREEMPTED"):
-            self._finished_at.pop(job.job_id, None)
-            return "running", ""
-        if self._still_queued(job):  # e.g. sacct said FAILED while SLURM was requeueing the job
             self._finished_at.pop(job.job_id, None)
             return "running", ""
         if state.startswith(_DEAD_WITHOUT_RESULT):

@@ -2,8 +2,7 @@
 
 A job that can never start (a partition that does not exist, a GPU request where no partition has GPUs)
 would otherwise sit in the queue for ever or fail with sbatch's terse message; these checks fail it at once
-with a message that names the problem and the fix. :func:`still_in_queue` asks slurmctld about a job that
-the accounting database reports ended without a result.
+with a message that names the problem and the fix.
 """
 
 import re
@@ -170,40 +169,3 @@ def explain_submission_error(message: str) -> str:
         if re.search(pattern, lowered):
             return hint
     return ""
-
-
-#: squeue states of a job that is gone for good (squeue lists them for a few minutes after the end).
-#: PREEMPTED is not one: a preempted job may be requeued.
-_ENDED_IN_QUEUE = frozenset(
-    "COMPLETED FAILED CANCELLED TIMEOUT OUT_OF_MEMORY NODE_FAIL BOOT_FAIL DEADLINE SPECIAL_EXIT".split()
-)
-
-
-def parse_squeue_state(text: str) -> bool:
-    """Whether ``squeue -h -j <id> -o %T`` output says the job is still in the queue (pending, running,
-    requeued, completing...); empty output means that slurmctld no longer knows the job."""
-    states = {line.strip().upper() for line in text.splitlines() if line.strip()}
-    return bool(states - _ENDED_IN_QUEUE)
-
-
-def still_in_queue(job_id: str, timeout_s: float = 30.0) -> bool | None:
-    """Ask slurmctld (``squeue``, not the accounting database) whether job ``job_id`` is still alive.
-
-    sacct can report a job as FAILED for a moment while it is being requeued, and submitit stops
-    following a job once it has seen it end; squeue sees the requeued job pending again. Returns ``None``
-    when squeue does not answer (then the caller keeps what sacct said).
-    """
-    try:
-        result = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T"],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:
-        # 'Invalid job id specified': the job ended long enough ago for slurmctld to forget it
-        return False if "invalid job id" in result.stderr.lower() else None
-    return parse_squeue_state(result.stdout)

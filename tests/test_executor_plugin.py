@@ -15,15 +15,12 @@ import cloudpickle
 import pytest
 import submitit
 import yaml
-from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 
-import snakemake_executor_plugin_submitit as submitit_plugin
 from snakemake_executor_plugin_submitit.cluster import (
     ClusterCheckError,
     check_request,
     explain_submission_error,
     parse_sinfo,
-    parse_squeue_state,
 )
 from snakemake_executor_plugin_submitit.command import (
     CheckpointableShellCommand,
@@ -185,68 +182,6 @@ def test_sbatch_errors_get_a_hint_that_names_the_fix():
     memory = "sbatch: error: Batch job submission failed: Requested node configuration is not available"
     assert "mem_mb" in explain_submission_error(memory)
     assert explain_submission_error("something else entirely") == ""
-
-
-def test_squeue_states_tell_a_live_job_from_an_ended_one():
-    assert parse_squeue_state("PENDING\n")
-    assert parse_squeue_state("REQUEUED\n") and parse_squeue_state("COMPLETING\n")
-    assert not parse_squeue_state("")
-    assert not parse_squeue_state("FAILED\n") and not parse_squeue_state("CANCELLED\n")
-
-
-class _FakeWatcher:
-    def __init__(self, state: str) -> None:
-        self.state = state
-
-    def get_state(self, job_id: str, mode: str = "standard") -> str:
-        return self.state
-
-
-class _FakeJob:
-    def __init__(self, tmp_path: Path, state: str) -> None:
-        self.job_id = "17"
-        self.watcher = _FakeWatcher(state)
-        self.paths = submitit.core.utils.JobPaths(tmp_path, job_id="17")
-
-
-def _bare_executor(queue_answers: list[bool | None], monkeypatch) -> "submitit_plugin.Executor":
-    """An Executor with only what _outcome needs; squeue answers come from ``queue_answers``."""
-    executor = submitit_plugin.Executor.__new__(submitit_plugin.Executor)
-    executor.settings = submitit_plugin.ExecutorSettings(cluster="slurm", status_interval=1)
-    executor._finished_at = {}
-    executor._queue_checks = {}
-    asked = []
-
-    def answer(job_id: str) -> bool | None:
-        asked.append(job_id)
-        return queue_answers[min(len(asked), len(queue_answers)) - 1]
-
-    monkeypatch.setattr(submitit_plugin, "still_in_queue", answer)
-    executor.asked = asked
-    return executor
-
-
-def test_job_that_sacct_calls_failed_but_squeue_lists_is_still_running(tmp_path, monkeypatch):
-    # the race that a requeue opens: sacct says FAILED, slurmctld has the job pending again
-    job = _FakeJob(tmp_path, "FAILED")
-    executor = _bare_executor([True, False], monkeypatch)
-    info = SubmittedJobInfo(job=None, external_jobid="17", aux={"submitit_job": job})
-    assert executor._outcome(info) == ("running", "")
-    assert executor._outcome(info) == ("running", "")
-    assert executor.asked == ["17"]  # one squeue per job per status interval
-    time.sleep(1.1)
-    monkeypatch.setattr(submitit_plugin, "RESULT_GRACE_S", 0.0)
-    status, message = executor._outcome(info)  # gone from the queue now, still without a result
-    assert status == "error" and "ended with state FAILED but wrote no result" in message
-    assert executor.asked == ["17", "17"]
-
-
-def test_cancelled_job_without_result_fails_at_once_when_squeue_does_not_list_it(tmp_path, monkeypatch):
-    job = _FakeJob(tmp_path, "CANCELLED by 0")
-    executor = _bare_executor([False], monkeypatch)
-    info = SubmittedJobInfo(job=None, external_jobid="17", aux={"submitit_job": job})
-    status, message = executor._outcome(info)
-    assert status == "error" and "ended with state CANCELLED and no result" in message
 
 
 # ---- the job command ---------------------------------------------------------------------------------

@@ -26,8 +26,6 @@ from test_executor_plugin import (
     wait_for,
 )
 
-from snakemake_executor_plugin_submitit.cluster import still_in_queue
-
 pytestmark = pytest.mark.service
 
 #: The CPU-only profile, with fast polling (the profile's values are meant for a shared cluster).
@@ -137,14 +135,6 @@ def test_failing_job_is_retried_on_slurm(tmp_path):
     assert [states[i] for i in ids] == [["FAILED"], ["COMPLETED"]]
 
 
-def running_ids() -> set[str]:
-    """Ids of the jobs that squeue lists as running."""
-    done = subprocess.run(
-        ["squeue", "-h", "-t", "R", "-o", "%i"], capture_output=True, text=True, timeout=60, check=True
-    )
-    return set(done.stdout.split())
-
-
 def test_job_killed_with_scancel_is_reported_and_retried(tmp_path):
     work = toy_workdir(tmp_path)
     marker = work / "state" / "sleeper.starts"
@@ -223,10 +213,7 @@ def test_too_short_runtime_requeues_the_job_until_it_completes(tmp_path):
     assert '"step": 60' in state
     (job,) = job_ids(work, "resumable")
     states = wait_for_final_states([job])[job]
-    # each earlier run of the job id ended in a requeue; sacct records it as REQUEUED, or as FAILED when
-    # the interrupted step's exit reached slurmctld first (then the plugin asks squeue, see _still_queued)
-    assert states[-1] == "COMPLETED" and len(states) >= 2, states
-    assert set(states[:-1]) <= {"REQUEUED", "FAILED"}, states
+    assert states[-1] == "COMPLETED" and "REQUEUED" in states
     assert f'"starts": {len(states)}' in state  # one start per SLURM run of the same job id
 
 
@@ -286,25 +273,3 @@ def test_official_slurm_plugin_is_a_drop_in_fallback(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (work / "results" / "sum.txt").read_text() == "5\n"
-
-
-def test_squeue_tells_a_held_or_requeued_job_from_a_cancelled_one(tmp_path):
-    # what the plugin asks when sacct reports a job ended without a result (sacct can say FAILED while
-    # SLURM requeues a checkpointed job)
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", "--hold", "-o", str(tmp_path / "held.out"), "--wrap", "sleep 60"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    job = submitted.stdout.strip().split(";")[0]
-    try:
-        assert still_in_queue(job) is True  # pending, held
-        subprocess.run(["scontrol", "release", job], check=True, timeout=60)
-        wait_for(lambda: job in running_ids(), 60, f"job {job} to start")
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-        assert still_in_queue(job) is True  # requeued: pending again under the same id
-    finally:
-        subprocess.run(["scancel", job], timeout=60)
-    wait_for(lambda: still_in_queue(job) is False, 60, f"squeue to stop listing job {job}")
