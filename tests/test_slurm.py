@@ -174,9 +174,18 @@ def test_ctrl_c_leaves_nothing_in_the_queue(tmp_path):
     wait_for(lambda: not (ours & queued_ids()), 60, f"jobs {sorted(ours)} to leave squeue")
 
 
+#: Seconds a requeued job stays held before the test starts it (SLURM's own hold is about 2 min).
+RELEASE_AFTER_S = 3.0
+
+
 def _release_begin_time_holds(workdir: Path, rule: str, stop: threading.Event) -> None:
-    """SLURM holds a requeued job for about 2 min (Reason=BeginTime); start the rule's jobs at once instead."""
-    while not stop.wait(1):
+    """SLURM holds a requeued job for about 2 min (Reason=BeginTime); start the rule's jobs after 3 s instead.
+
+    Not at once: slurmd refuses to launch a job whose credential is not newer (to the second) than the revocation
+    of its previous run ("Job credential revoked"), and SLURM then fails the job (sacct: FAILED, exit 1).
+    """
+    held_since: dict[str, float] = {}
+    while not stop.wait(0.5):
         for job in job_ids(workdir, rule):
             reason = subprocess.run(
                 ["squeue", "-h", "-j", job, "-t", "PD", "-o", "%r"],
@@ -184,8 +193,12 @@ def _release_begin_time_holds(workdir: Path, rule: str, stop: threading.Event) -
                 text=True,
                 timeout=60,
             ).stdout.strip()
-            if reason == "BeginTime":
+            if reason != "BeginTime":
+                held_since.pop(job, None)
+                continue
+            if time.monotonic() - held_since.setdefault(job, time.monotonic()) >= RELEASE_AFTER_S:
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=60)
+                held_since.pop(job)
 
 
 @pytest.mark.slow
