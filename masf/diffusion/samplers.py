@@ -17,13 +17,21 @@ particles, then for s = s_j > t = s_{j+1}, with M_e(s,t) = A(t)/(A(s) + eps) as 
 with w_s(s) = lo + (hi − lo) s^p and w_g(s) = lo + (hi − lo)(1 − s)^p. Returns the last iterate. With unit
 weights and an exact prior this is ≈ 3× under-dispersed on observed entries (method.md §12.1, bug B0).
 
-``"bridge"`` (linear operators; exact up to the start approximation). Plain grid, start at z on observed
-entries and at the forward-noised prior particle elsewhere, then unconditional ancestral steps:
+``"bridge"`` (linear operators; docs/bridge-sampler.md). Plain grid, start at z on observed entries and at
+the forward-noised prior particle elsewhere, then unconditional ancestral steps s → t:
 
     M' = A(s)/A(t),  U' = B(s) − M' B(t),  S' = Σ(s) − M'² Σ(t),  V = (1/Σ(t) + M'²/S')⁻¹
-    x ← V [ (A(t) x̂ + B(t))/Σ(t) + M' (x − U')/S' ] + sqrt(V) ξ
+    x ← V [ (A(t) x̃0 + B(t))/Σ(t) + M' (x − U')/S' ] + sqrt(V) ξ
 
-and returns x̂ of the last (nfe-th) denoiser call.
+and returns x̃0 of the last (nfe-th) step. x̃0 stands for a draw of x0 given x_s. With ``prior_draws``
+(a function ``(n, generator) -> (n, *S)`` drawing from the prior the denoiser was fitted to) it is
+Matheron's rule,
+
+    x̃0 = D(x_s, s) + x0* − D(x_s*, s),   x0* ~ prior,   x_s* = A(s) x0* + B(s) + sqrt(Σ(s)) ε*,
+
+exact for a Gaussian prior at every nfe (nfe = 1 included), at the cost of a second denoiser batch per
+step. Without it x̃0 = D(x_s, s), the plug-in mean, which leaves out Var[x0 | x_s] and is
+under-dispersed at small nfe (variance ratio 0.2–0.6 at nfe 10 on the Kalman test).
 
 ``"nonlinear"`` (any operator; method.md §4, §5.4). Grid and start as ``reference``; with scalar a(t):
 
@@ -57,7 +65,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "include_B": True,
         "eps": 1e-5,
     },
-    "bridge": {},
+    "bridge": {"prior_draws": None},
     "nonlinear": {
         "score_weights": (0.95, 1.5, 1.0),
         "guidance_weights": (1.1, 1.5, 2.0),
@@ -175,6 +183,22 @@ class GaussianDenoiser:
         self.cov = cov
         self.process = process
         self.dual_head = bool(dual_head)
+        self._root: torch.Tensor | None = None
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws from the prior N(mean, cov), shape (n, *S): the bridge's ``prior_draws``.
+
+        Uses a symmetric square root of ``cov`` (eigenvalues clipped at 0), so a singular covariance such
+        as an ensemble's (rank N − 1) is fine.
+        """
+        if self._root is None:
+            vals, vecs = torch.linalg.eigh(self.cov.to(torch.float64))
+            self._root = (vecs * vals.clamp_min(0.0).sqrt()) @ vecs.T
+        d = self.cov.shape[0]
+        dev = self.mean.device if generator is None else generator.device
+        eps = torch.randn((n, d), generator=generator, dtype=torch.float64, device=dev).to(self._root.device)
+        out = self.mean.reshape(d).to(torch.float64) + eps @ self._root
+        return out.to(self.mean.dtype).reshape(n, *self.process.state_shape)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         n, d = x.shape[0], self.cov.shape[0]
@@ -247,16 +271,19 @@ def _reference(denoiser, process, z, prior, nfe, generator, score_weights, guida
     return x
 
 
-def _bridge(denoiser, process, z, prior, nfe, generator):
+def _bridge(denoiser, process, z, prior, nfe, generator, prior_draws):
+    if prior_draws is not None and not callable(prior_draws):
+        raise ValueError(
+            f"prior_draws must be a function (n, generator) -> (n, *S) or None; got {prior_draws!r}"
+        )
     grid = schedule.time_grid(nfe, T=process.T, tau=process.tau, dtype=torch.float64).tolist()
-    n = prior.shape[0]
     m = process.mask.to(prior)
     x = m * z + (1.0 - m) * process.forward(prior, process.T, generator=generator)
     for j in range(nfe):
         s = grid[j]
-        x0_hat = denoiser(x, torch.full((n,), s, dtype=x.dtype, device=x.device))
+        x0 = _x0_draw(denoiser, process, x, s, generator, prior_draws)
         if j == nfe - 1:
-            return x0_hat
+            return x0
         t = grid[j + 1]
         At, Bt, St = process.A(t), process.B(t), process.Sigma(t)
         mp = process.A(s) / At
@@ -267,8 +294,22 @@ def _bridge(denoiser, process, z, prior, nfe, generator):
         c_x = (v * mp / sp).to(x)
         c_0 = (v * (Bt / St - mp * up / sp)).to(x)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = c_x0 * x0_hat + c_x * x + c_0 + torch.sqrt(v).to(x) * noise
+        x = c_x0 * x0 + c_x * x + c_0 + torch.sqrt(v).to(x) * noise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _x0_draw(denoiser, process, x, s: float, generator, prior_draws) -> torch.Tensor:
+    """x̃0 given x_s = x (N, *S): D(x, s), plus x0* − D(x_s*, s) when ``prior_draws`` is given (one batch)."""
+    n = x.shape[0]
+    ts = torch.full((n,), s, dtype=x.dtype, device=x.device)
+    if prior_draws is None:
+        return denoiser(x, ts)
+    x0_star = prior_draws(n, generator).to(x)
+    if tuple(x0_star.shape) != tuple(x.shape):
+        raise ValueError(f"prior_draws({n}) must return shape {tuple(x.shape)}; got {tuple(x0_star.shape)}")
+    x_star = process.forward(x0_star, s, generator=generator)
+    both = denoiser(torch.cat([x, x_star]), torch.cat([ts, ts]))
+    return both[:n] + (x0_star - both[n:])
 
 
 def _nonlinear(denoiser, process, z, prior, nfe, generator, score_weights, guidance_weights, eval_time, eps):
@@ -327,7 +368,7 @@ def sample(
         nfe: number of denoiser evaluations (time steps), >= 1.
         generator: random stream for the start and the step noise.
         options: per sampler, see ``DEFAULTS`` (``score_weights``, ``guidance_weights`` as (min, max,
-            power), ``include_B``, ``eps``, ``eval_time``).
+            power), ``include_B``, ``eps``, ``eval_time``; the bridge's ``prior_draws``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
@@ -355,5 +396,5 @@ def sample(
         if sampler == "reference":
             return _reference(denoiser, process, z, prior, nfe, generator, **opts)
         if sampler == "bridge":
-            return _bridge(denoiser, process, z, prior, nfe, generator)
+            return _bridge(denoiser, process, z, prior, nfe, generator, **opts)
         return _nonlinear(denoiser, process, z, prior, nfe, generator, **opts)
