@@ -98,7 +98,10 @@ def test_pretrain_analyse_and_checkpoint_guard(tmp_path):
     prior = data[:6]
     z = operator.observe(data[6:7], generator=generator(0, "obs_noise"))[0]
     ctx = Context(
-        generator=generator(0, "sampling"), train_generator=generator(0, "train"), pretrained=str(ckpt)
+        generator=generator(0, "sampling"),
+        train_generator=generator(0, "train"),
+        pretrained=str(ckpt),
+        climatology=data,  # the pathwise x0 draws and the fine-tuning replay
     )
     for cycle in range(2):
         ctx.cycle = cycle

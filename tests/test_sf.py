@@ -239,6 +239,7 @@ def test_pretrain_and_analyse_smoke(tmp_path) -> None:
         generator=torch.Generator().manual_seed(2),
         pretrained=str(path),
         train_generator=torch.Generator().manual_seed(3),
+        climatology=data[20:],  # the fine-tuning replay draws from it
     )
     prior, truth = data[:10], data[10]
     z = op.observe(truth[None], generator=g)[0]

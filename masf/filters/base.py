@@ -23,6 +23,9 @@ class Context:
         state: private state a filter keeps between analyses (e.g. its fine-tuned network).
         pretrained: path of a pretrained checkpoint for score-based filters, else ``None``.
         train_generator: the run's ``train`` random stream (fine-tuning minibatches and noise).
+        climatology: climatology states (M, *S) in physical units, or ``None``: the prior a pretrained
+            network was fitted to (its pathwise draws and fine-tuning replay) and the draws of the
+            ``climatology`` reference method.
     """
 
     generator: torch.Generator
@@ -31,6 +34,7 @@ class Context:
     state: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     train_generator: torch.Generator | None = None
+    climatology: torch.Tensor | None = None
 
     def add_time(self, stage: str, seconds: float) -> None:
         """Accumulate wall-clock seconds under ``stage``."""

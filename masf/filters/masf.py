@@ -42,14 +42,17 @@ from masf.filters.score_common import (
     network_sizes,
     prepared_model,
     pretrain_filter,
+    prior_draws,
     timed,
     uniform,
 )
 from masf.nets import make_network
 from masf.train import finetune
+from masf.train.online import bank_draws
 
 EVAL_TIMES = ("current", "next")
 SCORE_MODELS = ("network", "gaussian")
+X0_UNCERTAINTIES = ("pathwise", "none")
 
 
 def _weights(value: Any, parameter: str) -> tuple[float, float, float] | None:
@@ -78,8 +81,15 @@ class MASF:
         network, width, depth: network kind (``auto``: by state shape; ``dual_unet2d`` for the nonlinear
             sampler) and sizes (``None``: the class defaults).
         pretrain_epochs, pretrain_batch, pretrain_lr: pretraining on climatology snapshots.
-        finetune_epochs, finetune_batch, finetune_lr: online fine-tuning from the second analysis on
-            (0 epochs: none).
+        x0_uncertainty: bridge sampler only: ``pathwise`` (Matheron's rule with draws of the prior the
+            network was fitted to: exact for Gaussian priors at any nfe; two network batches per step) or
+            ``none`` (the plug-in mean; under-dispersed at small nfe). docs/bridge-sampler.md.
+        finetune_epochs, finetune_batch, finetune_lr: online fine-tuning from the second analysis on,
+            ceil(finetune_epochs · N / finetune_batch) AdamW steps per analysis (0 epochs: none).
+        finetune_reset, finetune_replay, finetune_jitter, finetune_optimizer: see docs/finetuning.md
+            (start each cycle from the pretrained weights; fraction of climatology in the training
+            mixture; kernel width of the members in units of their std; ``persistent`` or ``fresh``
+            AdamW).
         scratch, scratch_epochs: train from scratch on the ensemble instead of pretraining.
         score_model: ``network`` (learned) or ``gaussian`` (exact for a Gaussian fit of the ensemble).
         normalize, norm_form, norm_update: per-channel normalization (``affine``/``scale_only``,
@@ -90,6 +100,7 @@ class MASF:
 
     sampler: str = "bridge"
     nfe: int = 150
+    x0_uncertainty: str = "pathwise"
     score_weights: tuple[float, float, float] | None = None
     guidance_weights: tuple[float, float, float] | None = None
     eval_time: str = "current"
@@ -98,12 +109,17 @@ class MASF:
     network: str = "auto"
     width: int | None = None
     depth: int | None = None
+    levels: int | None = None
     pretrain_epochs: int = 200
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-4
     finetune_epochs: int = 120
     finetune_batch: int = 32
     finetune_lr: float = 3e-4
+    finetune_reset: bool = True
+    finetune_replay: float = 0.5
+    finetune_jitter: float = 0.0
+    finetune_optimizer: str = "persistent"
     scratch: bool = False
     scratch_epochs: int = 200
     score_model: str = "network"
@@ -120,6 +136,10 @@ class MASF:
             object.__setattr__(self, field, _weights(getattr(self, field), field))
         if self.sampler == "bridge" and (self.score_weights or self.guidance_weights):
             raise ValueError("masf: the bridge sampler has no score_weights/guidance_weights (no guidance)")
+        if self.x0_uncertainty not in X0_UNCERTAINTIES:
+            raise ValueError(
+                f"masf: x0_uncertainty must be one of {', '.join(X0_UNCERTAINTIES)}, got {self.x0_uncertainty!r}"
+            )
         if self.eval_time not in EVAL_TIMES:
             raise ValueError(
                 f"masf: eval_time must be one of {', '.join(EVAL_TIMES)}, got {self.eval_time!r}"
@@ -175,7 +195,7 @@ class MASF:
         return "dual_unet2d"
 
     def _sizes(self, kind: str) -> dict[str, Any]:
-        return network_sizes(kind, self.width, self.depth, time_conditioned=True)
+        return network_sizes(kind, self.width, self.depth, self.levels, time_conditioned=True)
 
     def _expect(self, operator: Any) -> dict[str, Any]:
         return {
@@ -274,21 +294,30 @@ class MASF:
         prior_n = norm.norm_x(prior)
         flat = prior_n.reshape(prior.shape[0], -1)
         denoiser = GaussianDenoiser(prior_n.mean(0), torch.cov(flat.T).reshape(flat.shape[1], -1), process)
+        draws = denoiser.draw if self._pathwise() else None
+        return timed(
+            lambda: self._draw(denoiser, process, norm, z, prior_n, ctx, draws), ctx, "sampling", prior
+        )
 
-        def draw() -> Tensor:
-            post_n = sample(
-                denoiser,
-                process,
-                norm.norm_z(z),
-                prior_n,
-                sampler=self.sampler,
-                nfe=self.nfe,
-                generator=ctx.generator,
-                **self._sampler_options(),
-            )
-            return norm.denorm_x(post_n)
+    def _pathwise(self) -> bool:
+        return self.sampler == "bridge" and self.x0_uncertainty == "pathwise"
 
-        return timed(draw, ctx, "sampling", prior)
+    def _draw(self, denoiser, process, norm, z: Tensor, prior_n: Tensor, ctx: Context, draws) -> Tensor:
+        """One posterior draw per member with the configured sampler, denormalized (N, *S)."""
+        options = self._sampler_options()
+        if draws is not None:
+            options["prior_draws"] = draws
+        post_n = sample(
+            denoiser,
+            process,
+            norm.norm_z(z),
+            prior_n,
+            sampler=self.sampler,
+            nfe=self.nfe,
+            generator=ctx.generator,
+            **options,
+        )
+        return norm.denorm_x(post_n)
 
     def _sampler_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -319,19 +348,11 @@ class MASF:
             )
         norm = model.normalizer
         process = self.process(operator, norm)
-        options = self._sampler_options()
-
-        def draw() -> Tensor:
-            post_n = sample(
-                model.net,
-                process,
-                norm.norm_z(z),
-                norm.norm_x(prior),
-                sampler=self.sampler,
-                nfe=self.nfe,
-                generator=ctx.generator,
-                **options,
-            )
-            return norm.denorm_x(post_n)
-
-        return timed(draw, ctx, "sampling", prior)
+        prior_n = norm.norm_x(prior)
+        draws = None
+        if self._pathwise():
+            # scratch networks are fitted to the members themselves
+            draws = bank_draws(prior_n) if self.scratch else prior_draws(model, prior, ctx, "masf")
+        return timed(
+            lambda: self._draw(model.net, process, norm, z, prior_n, ctx, draws), ctx, "sampling", prior
+        )

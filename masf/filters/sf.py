@@ -145,7 +145,7 @@ class SF:
         sigma_max: σ_max > 1 of the VE process (a pretraining parameter: checked against the checkpoint).
         tol: per-sample RMS bound of the total score, > 0.
         constant_step: use the reference's constant step h = t_0 − t_1 (bug B11) instead of h_i = t_i − t_{i+1}.
-        network: ``"auto"`` or a ``masf.nets`` kind; width/depth: see ``score_common.network_sizes``.
+        network: ``"auto"`` or a ``masf.nets`` kind; width/depth/levels: see ``score_common.network_sizes``.
         pretrain_epochs, pretrain_batch, pretrain_lr: pretraining on climatology (AdamW, wd 0.01).
         finetune_epochs, finetune_batch, finetune_lr: online fine-tuning on the forecast ensemble from the
             second analysis on (fresh AdamW each time); ``finetune_epochs=0`` switches it off.
@@ -160,12 +160,17 @@ class SF:
     network: str = "auto"
     width: int | None = None
     depth: int | None = None
+    levels: int | None = None
     pretrain_epochs: int = 200
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-4
     finetune_epochs: int = 120
     finetune_batch: int = 32
     finetune_lr: float = 3e-4
+    finetune_reset: bool = True
+    finetune_replay: float = 0.5
+    finetune_jitter: float = 0.0
+    finetune_optimizer: str = "persistent"
     normalize: bool = True
     norm_form: str = "affine"
     norm_update: str = "fixed"

@@ -120,7 +120,7 @@ class SSLS:
         step: Langevin step h > 0.
         decay: OU decay λ >= 0 (target tilted by exp(−λ‖x‖²/2)).
         tol: per-sample RMS bound of the total score G, > 0.
-        network: ``"auto"`` or a ``masf.nets`` kind; width/depth: see ``score_common.network_sizes``.
+        network: ``"auto"`` or a ``masf.nets`` kind; width/depth/levels: see ``score_common.network_sizes``.
         pretrain_*, finetune_*, normalize, norm_form, norm_update: as for :class:`masf.filters.sf.SF`.
     """
 
@@ -132,12 +132,17 @@ class SSLS:
     network: str = "auto"
     width: int | None = None
     depth: int | None = None
+    levels: int | None = None
     pretrain_epochs: int = 200
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-4
     finetune_epochs: int = 120
     finetune_batch: int = 32
     finetune_lr: float = 3e-4
+    finetune_reset: bool = True
+    finetune_replay: float = 0.5
+    finetune_jitter: float = 0.0
+    finetune_optimizer: str = "persistent"
     normalize: bool = True
     norm_form: str = "affine"
     norm_update: str = "fixed"
