@@ -50,6 +50,23 @@ def _time_mean(values: np.ndarray, status: str) -> float:
     return float(np.nanmean(values))
 
 
+def frames_rmse(ds: xr.Dataset, status: str) -> float:
+    """The MASF paper's RMSE over every frame of a run (docs/metrics.md).
+
+    sqrt of the mean square error of the ensemble mean over the frames: every analysis, and the forecast
+    steps between two analyses (``rmse_lead`` of cycles 2..K; the forecast before the first analysis is
+    left out, as the paper starts at an analysis). With one model step per cycle the frames are the
+    analyses. NaN for a diverged run or a run without truth.
+    """
+    if status != "ok" or "rmse" not in ds:
+        return math.nan
+    squares = [np.asarray(ds["rmse"].values, dtype=float) ** 2]
+    if "rmse_lead" in ds:
+        squares.append(np.asarray(ds["rmse_lead"].values[1:], dtype=float).ravel() ** 2)
+    values = np.concatenate(squares)
+    return float(np.sqrt(values.mean())) if np.isfinite(values).all() and values.size else math.nan
+
+
 def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
     """``metrics.nc`` content from the run files of ``runs`` (dicts of experiment/operator/method/seed)."""
     if not runs:
@@ -68,6 +85,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
         k: np.full(shape, np.nan)
         for k in (
             "rmse_mean",
+            "rmse_frames",
             "spread_mean",
             "crps_mean",
             "ssim_mean",
@@ -92,6 +110,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
                 values = np.asarray(ds[name].values, dtype=float)
                 per_cycle[name][idx][: values.size] = values
                 scalars[f"{name}_mean"][idx] = _time_mean(values, state)
+        scalars["rmse_frames"][idx] = frames_rmse(ds, state)
         spatial = spatial or "ssim" in ds
         for stage in STAGES:
             scalars[f"wall_clock_{stage}_s"][idx] = float(ds.attrs.get(f"wall_clock_{stage}_s", math.nan))
@@ -120,6 +139,10 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
         data[name] = ((*dims, "time"), per_cycle[name], {"long_name": long_name, "units": units})
     described = {
         "rmse_mean": ("time-mean analysis RMSE (NaN if diverged)", "state units"),
+        "rmse_frames": (
+            "RMSE over every frame: the analyses and the forecast steps between them (the MASF paper's metric; NaN if diverged)",
+            "state units",
+        ),
         "spread_mean": ("time-mean analysis spread (NaN if diverged)", "state units"),
         "crps_mean": ("time-mean analysis CRPS (NaN if diverged)", "state units"),
         "ssim_mean": ("time-mean vorticity SSIM, 2-D systems only (NaN if diverged)", "1"),
@@ -174,7 +197,14 @@ def summary_table(ds: xr.Dataset) -> pd.DataFrame:
                     "seeds": int((status > 0).sum()),
                     "diverged": int((status == STATUS["diverged"]).sum()),
                 }
-                for name in ("rmse_mean", "spread_skill", "crps_mean", "ssim_mean", "wall_clock_s"):
+                for name in (
+                    "rmse_mean",
+                    "rmse_frames",
+                    "spread_skill",
+                    "crps_mean",
+                    "ssim_mean",
+                    "wall_clock_s",
+                ):
                     if name not in ds:
                         continue
                     values = sel[name].values[status > 0]

@@ -114,9 +114,11 @@ def run(
     initial_ensemble: Tensor,
     *,
     truth: Tensor | None = None,
+    truth_steps: Tensor | None = None,
     steps_per_cycle: int = 1,
     seed: int = 0,
     pretrained: str | None = None,
+    climatology: Tensor | None = None,
     keep_members: bool = False,
     progress: bool = False,
     attrs: dict[str, Any] | None = None,
@@ -130,10 +132,17 @@ def run(
         observations: ``(K, *S)`` measurements in physical units.
         initial_ensemble: ``(N, *S)`` ensemble at time 0; its dtype and device are used throughout.
         truth: ``(K, *S)`` true states at the observation times, for RMSE/CRPS/rank histograms.
+        truth_steps: ``(K · steps_per_cycle, *S)`` true states after every model step (``truth`` is every
+            ``steps_per_cycle``-th of them): the forecast is then stepped one model step at a time and
+            ``rmse_lead`` records the RMSE of the forecast mean at the intermediate leads, the frames of
+            the paper's metric (docs/metrics.md).
         steps_per_cycle: model steps between observations.
         seed: experiment seed; the filter's ``sampling`` and ``train`` streams and the stochastic
             forecast's ``model_noise`` stream derive from it.
         pretrained: checkpoint path for score-based filters.
+        climatology: climatology states (M, *S) in physical units (e.g. the pretraining snapshots): the
+            prior of a pretrained network (pathwise bridge draws, fine-tuning replay) and the draws of the
+            ``climatology`` method; moved to the ensemble's device and dtype.
         keep_members: also store the analysis ensemble ``(K, N, *S)``.
         progress: show a progress bar over cycles.
         attrs: extra attributes for the dataset (experiment, operator and method names, ...).
@@ -145,7 +154,8 @@ def run(
         An ``xarray.Dataset`` with dims ``time`` (cycle), the state dims and ``rank``; variables
         ``mean``, ``observation`` and (with ``truth``) ``truth``; per cycle ``spread``,
         ``spread_forecast``, and with ``truth`` ``rmse``, ``rmse_forecast``, ``crps``, ``rank_hist``
-        (and ``ssim`` of the vorticity for Kolmogorov); attributes with every parameter, the wall-clock
+        (and ``ssim`` of the vorticity for Kolmogorov; ``rmse_lead`` (time, lead) with ``truth_steps``,
+        lead j = 1 .. steps_per_cycle − 1 model steps after the previous analysis); attributes with every parameter, the wall-clock
         seconds per stage (``wall_clock_<stage>_s``) and ``status`` (``ok`` or ``diverged``).
     """
     shape = tuple(system.state_shape)
@@ -158,6 +168,13 @@ def run(
         raise ValueError(f"observations must be shaped (K, {shape}), got {tuple(observations.shape)}")
     if truth is not None and truth.shape != observations.shape:
         raise ValueError(f"truth {tuple(truth.shape)} must match observations {tuple(observations.shape)}")
+    if truth_steps is not None and (
+        truth is None or tuple(truth_steps.shape) != (observations.shape[0] * int(steps_per_cycle), *shape)
+    ):
+        raise ValueError(
+            f"truth_steps must be shaped (K * steps_per_cycle, *S) = ({observations.shape[0]} * {steps_per_cycle}, "
+            f"{shape}) and needs truth; got {None if truth_steps is None else tuple(truth_steps.shape)}"
+        )
     if int(steps_per_cycle) != steps_per_cycle or steps_per_cycle < 1:
         raise ValueError(f"steps_per_cycle must be a positive integer, got {steps_per_cycle!r}")
     if hasattr(filter, "check_operator"):
@@ -167,10 +184,14 @@ def run(
     observations = observations.to(device=device, dtype=dtype)
     truth = None if truth is None else truth.to(device=device, dtype=dtype)
     n_cycles = observations.shape[0]
+    leads = int(steps_per_cycle) - 1 if truth_steps is not None else 0  # intermediate forecast frames
+    if leads:
+        truth_steps = truth_steps.to(device=device, dtype=dtype)
     ctx = Context(
         generator=make_generator(seed, "sampling", device),
         train_generator=make_generator(seed, "train", device),
         pretrained=pretrained,
+        climatology=None if climatology is None else climatology.to(device=device, dtype=dtype),
     )
     model_noise = make_generator(seed, "model_noise", device)
     vorticity = _vorticity_fn(system)
@@ -183,6 +204,7 @@ def run(
         for k in ("spread", "spread_forecast", "rmse", "rmse_forecast", "crps", "ssim")
     }
     rank_hist = torch.zeros(n_cycles, n_members + 1, dtype=torch.int64)
+    rmse_lead = torch.full((n_cycles, max(leads, 1)), nan, dtype=torch.float64)
     status, reason = "ok", ""
     timings: dict[str, float] = {}
     ensemble = initial_ensemble.clone()
@@ -196,7 +218,16 @@ def run(
     for k in cycles:
         ctx.cycle = k
         with _timer(timings, "forecast", device):
-            ensemble = system.step(ensemble, steps_per_cycle, generator=model_noise)
+            if leads:
+                lead_err = []
+                for j in range(leads):
+                    ensemble = system.step(ensemble, 1, generator=model_noise)
+                    target = truth_steps[k * steps_per_cycle + j : k * steps_per_cycle + j + 1]
+                    lead_err.append(metrics.rmse(ensemble.mean(0, keepdim=True), target)[0])
+                ensemble = system.step(ensemble, 1, generator=model_noise)
+                rmse_lead[k, :leads] = torch.stack(lead_err).cpu().double()
+            else:
+                ensemble = system.step(ensemble, steps_per_cycle, generator=model_noise)
         if not bool(torch.isfinite(ensemble).all()):
             status, reason = "diverged", f"non-finite forecast at cycle {k}"
             break
@@ -263,6 +294,12 @@ def run(
         )
         if vorticity is not None:
             data_vars["ssim"] = (("time",), per_cycle["ssim"].numpy(), {"long_name": "SSIM of vorticity"})
+        if leads:
+            data_vars["rmse_lead"] = (
+                ("time", "lead"),
+                rmse_lead.numpy(),
+                {"long_name": "RMSE of the forecast mean at the intermediate model steps before cycle time"},
+            )
 
     ds_attrs: dict[str, Any] = {
         "masf_version": masf.__version__,
@@ -294,4 +331,10 @@ def run(
             {"long_name": "model time of the analysis", "units": "model time units"},
         ),
     }
+    if leads:
+        coords["lead"] = (
+            "lead",
+            np.arange(1, leads + 1),
+            {"long_name": "model steps after the previous analysis"},
+        )
     return xr.Dataset(data_vars, coords=coords, attrs=ds_attrs)

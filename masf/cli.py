@@ -127,20 +127,30 @@ def simulate(spec: dict[str, Any], seed: int, progress: bool = True) -> Any:
     x = system.sample_climatology(
         1, generator=truth_gen, spinup_steps=spec["spinup_steps"], dtype=_dtype(spec["dtype"])
     )
-    states = []
-    for _ in tqdm(range(spec["cycles"]), desc="simulate", unit="cycle", disable=not progress):
-        x = system.step(x, spec["steps_per_cycle"], generator=truth_gen)
-        states.append(x[0])
-    truth = torch.stack(states)
+    spc = spec["steps_per_cycle"]
+    steps = []
+    for _ in tqdm(range(spec["cycles"] * spc), desc="simulate", unit="step", disable=not progress):
+        x = system.step(x, 1, generator=truth_gen)
+        steps.append(x[0])
+    every_step = torch.stack(steps)
+    truth = every_step[spc - 1 :: spc]
     dims = ("time", *state_dims(shape))
     data = {"truth": (dims, truth.numpy(), {"long_name": "true state at the observation times"})}
+    if spc > 1:  # the frames between the observations, for the paper's all-frames RMSE
+        data["truth_steps"] = (
+            ("step", *state_dims(shape)),
+            every_step.numpy(),
+            {"long_name": "true state after every model step"},
+        )
     for name, op_spec in spec["operators"].items():
         operator = _operator(op_spec, shape)
         z = operator.observe(truth, generator=generator(seed, "obs_noise"))
         data[f"obs_{name}"] = (dims, z.numpy(), {"long_name": f"measurement of operator {name}"})
     attrs = {"seed": seed, "spec": mc.to_json(spec)}
     attrs.update({f"system_{k}": v for k, v in system.params().items() if not isinstance(v, list | dict)})
-    coords = {"time": np.arange(1, spec["cycles"] + 1) * spec["steps_per_cycle"]}
+    coords = {"time": np.arange(1, spec["cycles"] + 1) * spc}
+    if spc > 1:
+        coords["step"] = np.arange(1, spec["cycles"] * spc + 1)
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -159,17 +169,22 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from masf.assimilate import state_dims
     from masf.io import write_dataset
     from masf.rng import generator
+    from masf.systems.snapshots import snapshots
 
     _set_threads(args.threads)
     spec = _spec(args, mc.dataset_spec, "experiment")
     system = _system(spec)
-    snaps = system.sample_climatology(
+    snaps = snapshots(
+        system,
         spec["samples"],
         generator=generator(spec["seed"], "pretrain_data"),
         spinup_steps=spec["spinup_steps"],
+        per_trajectory=spec.get("per_trajectory", 1),
+        interval=spec.get("interval", 1),
         dtype=_dtype(spec["dtype"]),
         device=_device(spec.get("device", "cpu")),
-    ).cpu()
+        progress=not args.quiet,
+    )
     dims = ("sample", *state_dims(tuple(system.state_shape)))
     ds = xr.Dataset(
         {"snapshots": (dims, snaps.numpy(), {"long_name": "climatology snapshots for pretraining"})},
@@ -244,7 +259,13 @@ def cmd_assimilate(args: argparse.Namespace) -> int:
     if obs_name not in data:
         found = ", ".join(v for v in data.data_vars if v.startswith("obs_"))
         raise SystemExit(f"masf: {args.data} has no variable {obs_name!r}; it has {found}")
+    climatology = None
+    if args.climatology:
+        climatology = torch.from_numpy(climatology_states(args.climatology)).to(device=device, dtype=dtype)
     truth = torch.from_numpy(data["truth"].values).to(device=device, dtype=dtype)
+    truth_steps = None
+    if "truth_steps" in data:
+        truth_steps = torch.from_numpy(data["truth_steps"].values).to(device=device, dtype=dtype)
     observations = torch.from_numpy(data[obs_name].values).to(device=device, dtype=dtype)
     initial = system.sample_climatology(
         spec["ensemble_size"],
@@ -261,15 +282,32 @@ def cmd_assimilate(args: argparse.Namespace) -> int:
         observations,
         initial,
         truth=truth,
+        truth_steps=truth_steps,
         steps_per_cycle=spec["steps_per_cycle"],
         seed=args.seed,
         pretrained=args.checkpoint,
+        climatology=climatology,
         progress=not args.quiet,
         attrs=attrs,
     )
     write_dataset(ds, args.out)
     print(f"status: {ds.attrs['status']} {ds.attrs.get('status_reason', '')}".rstrip())
     return 0
+
+
+#: At most this many climatology states are read for an assimilation run (evenly spaced over the file).
+CLIMATOLOGY_MAX = 4096
+
+
+def climatology_states(path: str) -> Any:
+    """The ``snapshots`` of a ``masf dataset`` file as a numpy array (M, *S), M <= ``CLIMATOLOGY_MAX``."""
+    import numpy as np
+
+    from masf.io import read_dataset
+
+    snaps = read_dataset(path)["snapshots"]
+    step = max(1, -(-snaps.sizes["sample"] // CLIMATOLOGY_MAX))
+    return np.ascontiguousarray(snaps.values[::step])
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -346,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="truth + observations NetCDF from `masf simulate`")
     p.add_argument("--observations", help="which obs_<operator> variable of --data (default: --operator)")
     p.add_argument("--checkpoint", help="pretrained checkpoint (score-based methods)")
+    p.add_argument(
+        "--climatology",
+        help="snapshots NetCDF from `masf dataset`: the climatology method's draws and the prior of pretrained "
+        "networks (pathwise bridge draws, fine-tuning replay)",
+    )
     p.add_argument("--seed", type=int, required=True, help="experiment seed (ensemble and sampling streams)")
     p.add_argument("--out", required=True, help="output NetCDF")
     p.set_defaults(func=cmd_assimilate)

@@ -37,9 +37,37 @@ SUMMARY_FIGURES = ("rmse_time", "rmse_mean", "spread_rmse", "wall_clock")
 # Spatial kind of each system's state: 1 = a vector (N, D), 2 = a 2-D velocity field (N, 2, n, n).
 SYSTEM_DIMS: dict[str, int] = {"lorenz63": 1, "lorenz96": 1, "linear_gaussian": 1, "kolmogorov": 2}
 
+
+def state_shape(system: dict[str, Any]) -> tuple[int, ...]:
+    """The state shape of a config's ``system`` mapping, from its size parameter or the class default
+    (lorenz63 (3,), lorenz96 (dim,) = (40,), linear_gaussian (dim,) = (4,) or F's size, kolmogorov
+    (2, n, n) = (2, 64, 64)); ``tests/test_config_validation.py`` checks these against the classes."""
+    name = system["name"]
+    if name == "lorenz63":
+        return (3,)
+    if name == "kolmogorov":
+        n = system.get("n", 64)
+        return (2, n, n)
+    if name == "linear_gaussian" and "F" in system and isinstance(system["F"], list):
+        return (len(system["F"]),)
+    return (system.get("dim", 40 if name == "lorenz96" else 4),)
+
+
+def network_kind(network: str, shape: tuple[int, ...]) -> str:
+    """The network kind ``auto`` resolves to for states of ``shape`` (2-D fields: unet2d; 1-D states of
+    size >= 16 divisible by 4: unet1d; else mlp); any other ``network`` is itself."""
+    if network != "auto":
+        return network
+    if len(shape) == 3:
+        return "unet2d"
+    if len(shape) == 1 and shape[0] >= 16 and shape[0] % 4 == 0:
+        return "unet1d"
+    return "mlp"
+
+
 # Parameter kinds: "int+" integer >= 1 ("int+?" also null), "int0" integer >= 0, "num+" number > 0,
 # "num0" number >= 0, "num1" number >= 1, "num" any finite number, "frac" number in (0, 1), "frac1" in
-# (0, 1], "unit" in [0, 1], "bool", "str", "matrix" (nested lists or a JSON string), "floats" (a list
+# (0, 1], "unit" in [0, 1], "unit1" in [0, 1), "bool", "str", "matrix" (nested lists or a JSON string), "floats" (a list
 # of numbers), "weights" ((min, max, power): 3 numbers, or null), or a tuple of allowed strings.
 Kind = str | tuple[str, ...]
 
@@ -103,12 +131,17 @@ _NETWORK: dict[str, Kind] = {
     "network": NETWORK_CHOICES,
     "width": "int+?",
     "depth": "int+?",
+    "levels": "int+?",
     "pretrain_epochs": "int+",
     "pretrain_batch": "int+",
     "pretrain_lr": "num+",
     "finetune_epochs": "int0",
     "finetune_batch": "int+",
     "finetune_lr": "num+",
+    "finetune_reset": "bool",
+    "finetune_replay": "unit1",
+    "finetune_jitter": "num0",
+    "finetune_optimizer": ("persistent", "fresh"),
     "normalize": "bool",
     "norm_form": ("affine", "scale_only"),
     "norm_update": ("fixed", "adaptive"),
@@ -117,6 +150,7 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
     "masf": {
         "sampler": ("reference", "bridge", "nonlinear"),
         "nfe": "int+",
+        "x0_uncertainty": ("pathwise", "none"),
         "score_weights": "weights",
         "guidance_weights": "weights",
         "eval_time": ("current", "next"),
@@ -146,16 +180,17 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
         "same_channel_only": "bool",
     },
     "pf": {"resampling": ("systematic", "multinomial"), "reg": "num0", "ess_threshold": "unit"},
+    "climatology": {},
 }
 # Hyper-parameters used only when sampling (not when pretraining): changing them must not rerun the
 # pretraining job, so they are left out of its params.
+_FINETUNE = frozenset(k for k in _NETWORK if k.startswith("finetune_"))
 SAMPLING_ONLY: dict[str, frozenset[str]] = {
-    "masf": frozenset(
-        {"nfe", "score_weights", "guidance_weights", "eval_time", "finetune_epochs", "finetune_batch"}
-        | {"finetune_lr", "scratch_epochs"}
-    ),
-    "sf": frozenset({"nfe", "tol", "constant_step", "finetune_epochs", "finetune_batch", "finetune_lr"}),
-    "ssls": frozenset({"nfe", "step", "decay", "tol", "finetune_epochs", "finetune_batch", "finetune_lr"}),
+    "masf": frozenset({"nfe", "x0_uncertainty", "score_weights", "guidance_weights", "eval_time"})
+    | {"scratch_epochs"}
+    | _FINETUNE,
+    "sf": frozenset({"nfe", "tol", "constant_step"}) | _FINETUNE,
+    "ssls": frozenset({"nfe", "step", "decay", "tol"}) | _FINETUNE,
 }
 # MASF samplers that need a linear (mask) operator.
 LINEAR_ONLY_SAMPLERS = frozenset({"reference", "bridge"})
@@ -249,6 +284,8 @@ def _check_kind(value: Any, kind: Kind, where: str) -> None:
         raise bad("a number in (0, 1]")
     elif kind == "unit" and not (is_num and 0 <= value <= 1):
         raise bad("a number in [0, 1]")
+    elif kind == "unit1" and not (is_num and 0 <= value < 1):
+        raise bad("a number in [0, 1)")
     elif kind == "int0" and not (is_int and value >= 0):
         raise bad("an integer >= 0")
     elif kind == "num+" and not (is_num and value > 0):
@@ -305,6 +342,12 @@ def check_config(cfg: dict[str, Any]) -> None:
         n = sys_params.get("n", 64)
         if system == "kolmogorov" and (n % 2 or not 32 <= n <= 512):
             raise ConfigError(f"{where}.system.n: {n} is invalid; allowed: an even integer in [32, 512]")
+        ds = exp["dataset"]
+        if ds["samples"] % ds["per_trajectory"]:
+            raise ConfigError(
+                f"{where}.dataset.per_trajectory: {ds['per_trajectory']} does not divide samples = {ds['samples']}; "
+                "allowed: a divisor of samples"
+            )
         for i, mname in enumerate(exp["methods"]):
             if mname not in methods:
                 raise ConfigError(
@@ -333,6 +376,7 @@ def check_config(cfg: dict[str, Any]) -> None:
                         f"{mwhere}: unknown method {mname!r}; defined in methods: {', '.join(methods)}"
                     )
                 method = methods[mname]
+                _check_levels(method, mname, state_shape(exp["system"]), ename)
                 sampler = method.get("sampler", "reference")
                 if (
                     method["filter"] == "masf"
@@ -344,6 +388,29 @@ def check_config(cfg: dict[str, Any]) -> None:
                         f"but {oname!r} is {kind!r}; allowed samplers for it: nonlinear "
                         f"(or set {owhere}.methods)"
                     )
+
+
+def _check_levels(method: dict[str, Any], name: str, shape: tuple[int, ...], experiment: str) -> None:
+    """``levels`` needs a UNet, and the UNet's grid must halve ``levels - 1`` times."""
+    levels = method.get("levels")
+    if levels is None or method["filter"] not in SCORE_BASED:
+        return
+    network = method.get("network", "auto")
+    if method["filter"] == "masf" and method.get("sampler", "bridge") == "nonlinear" and network == "auto":
+        network = "dual_unet2d"
+    kind = network_kind(network, shape)
+    if kind == "mlp":
+        raise ConfigError(
+            f"methods.{name}.levels: {levels} is invalid for experiment {experiment!r}: its state {shape} gets an "
+            "mlp, which has no levels; allowed: null (or network: unet1d/unet2d)"
+        )
+    grid = shape[1:] if len(shape) == 3 else shape
+    factor = 2 ** (levels - 1)
+    if any(g % factor for g in grid):
+        raise ConfigError(
+            f"methods.{name}.levels: {levels} is invalid for experiment {experiment!r}: the grid {grid} is not "
+            f"divisible by 2^(levels-1) = {factor}; allowed: a smaller levels"
+        )
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -385,6 +452,12 @@ def needs_pretraining(cfg: dict[str, Any], method: str) -> bool:
     if m["filter"] not in SCORE_BASED:
         return False
     return not (m.get("scratch", False) or m.get("score_model", "network") == "gaussian")
+
+
+def needs_climatology(cfg: dict[str, Any], method: str) -> bool:
+    """Whether ``method``'s runs read the climatology snapshots: the ``climatology`` method (its draws) and
+    every method with a pretrained network (its prior: pathwise bridge draws, fine-tuning replay)."""
+    return cfg["methods"][method]["filter"] == "climatology" or needs_pretraining(cfg, method)
 
 
 def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -475,6 +548,8 @@ def dataset_spec(cfg: dict[str, Any], experiment: str) -> dict[str, Any]:
         "system": exp["system"],
         "samples": exp["dataset"]["samples"],
         "seed": exp["dataset"]["seed"],
+        "per_trajectory": exp["dataset"]["per_trajectory"],
+        "interval": exp["dataset"]["interval"],
         "spinup_steps": exp["spinup_steps"],
         "device": cfg["device"],
         "dtype": cfg["dtype"],

@@ -120,3 +120,45 @@ def test_particle_weights_enter_mean_and_spread():
     ds = run(Drift(), Everything(), Weighted(), torch.zeros(2, 3), torch.zeros(4, 3), truth=torch.ones(2, 3))
     np.testing.assert_allclose(ds["mean"].values[0], 1.0)  # member 0 only: zeros forecast by one step
     np.testing.assert_allclose(ds["spread"].values, 0.0, atol=1e-6)
+
+
+def test_forecast_frames_and_the_papers_all_frames_rmse():
+    """``truth_steps`` makes the loop record the forecast mean's RMSE at every intermediate model step;
+    checked against the stored analysis members stepped by hand, and the all-frames RMSE of
+    ``masf.aggregate.frames_rmse`` against the pooled squares of those frames."""
+    from masf.aggregate import frames_rmse
+    from masf.filters import make_filter
+    from masf.operators import identity
+    from masf.rng import generator
+    from masf.systems import Lorenz63
+
+    system, spc, K = Lorenz63(), 5, 4
+    op = identity((3,), noise_std=1.0)
+    x = system.sample_climatology(1, generator=generator(0, "truth"), dtype=torch.float64)
+    steps = []
+    for _ in range(K * spc):
+        x = system.step(x, 1)
+        steps.append(x[0])
+    truth_steps = torch.stack(steps)
+    truth = truth_steps[spc - 1 :: spc]
+    obs = op.observe(truth, generator=generator(0, "obs_noise"))
+    ens = system.sample_climatology(10, generator=generator(0, "ensemble"), dtype=torch.float64)
+    f = make_filter("enkf", inflation=1.02)
+    ds = run(
+        system, op, f, obs, ens, truth=truth, truth_steps=truth_steps, steps_per_cycle=spc, keep_members=True
+    )
+    plain = run(system, op, f, obs, ens, truth=truth, steps_per_cycle=spc)
+    np.testing.assert_allclose(ds["rmse"].values, plain["rmse"].values, rtol=1e-10)  # same analyses
+    assert ds["rmse_lead"].shape == (K, spc - 1) and "rmse_lead" not in plain
+    for k in range(1, K):
+        members = torch.from_numpy(ds["members"].values[k - 1])
+        for j in range(spc - 1):
+            members = system.step(members, 1)
+            err = (members.mean(0) - truth_steps[k * spc + j]).square().mean().sqrt()
+            assert ds["rmse_lead"].values[k, j] == pytest.approx(float(err), rel=1e-9)
+    frames = np.concatenate([ds["rmse"].values ** 2, (ds["rmse_lead"].values[1:] ** 2).ravel()])
+    assert frames.size == K + (K - 1) * (spc - 1)  # the paper's 51 frames for K = 6, spc = 10
+    assert frames_rmse(ds, "ok") == pytest.approx(float(np.sqrt(frames.mean())), rel=1e-12)
+    assert np.isnan(frames_rmse(ds, "diverged"))
+    with pytest.raises(ValueError, match="truth_steps must be shaped"):
+        run(system, op, f, obs, ens, truth=truth, truth_steps=truth_steps[:-1], steps_per_cycle=spc)

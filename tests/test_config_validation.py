@@ -113,6 +113,28 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         "experiments.kolmogorov.system.n: 33",
     ),
     ("masf-bridge-on-sigmoid", _masf_on_sigmoid, "needs a linear operator"),
+    (
+        "levels-the-grid-cannot-take",  # kolmogorov n = 32 halves at most 5 times; 7 levels would need 64 | 32
+        _set("methods.masf_nonlinear.levels", 7),
+        "methods.masf_nonlinear.levels: 7 is invalid for experiment 'kolmogorov': the grid (32, 32) is not "
+        "divisible by 2^(levels-1) = 64",
+    ),
+    (
+        "levels-on-an-mlp",  # l96 with dim 12 gets an mlp
+        _set("methods.sf.levels", 2),
+        "methods.sf.levels: 2 is invalid for experiment 'l96': its state (12,) gets an mlp",
+    ),
+    (
+        "dataset-per-trajectory-not-dividing",
+        _set("experiments.l96.dataset.per_trajectory", 5),
+        "experiments.l96.dataset.per_trajectory: 5 does not divide samples = 64",
+    ),
+    (
+        "replay-one",
+        _set("methods.masf_bridge.finetune_replay", 1.0),
+        "methods.masf_bridge.finetune_replay: 1.0",
+    ),
+    ("x0-uncertainty-bad", _set("methods.masf_bridge.x0_uncertainty", "jacobian"), "one of pathwise, none"),
     ("threads-zero", _set("resources.assimilate.threads", 0), "resources.assimilate.threads: 0"),
     ("unknown-stage", _set("resources.train", {"threads": 1}), "resources: unknown key 'train'"),
     ("unknown-device", _set("device", "tpu"), "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
@@ -352,3 +374,23 @@ def test_operator_fit_and_linearity_match_the_operators():
             else:
                 with pytest.raises(ValueError):
                     ops.make_operator(name, shape, noise_std=0.1, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        {"name": "lorenz63"},
+        {"name": "lorenz96"},
+        {"name": "lorenz96", "dim": 12},
+        {"name": "linear_gaussian"},
+        {"name": "linear_gaussian", "dim": 6},
+        {"name": "kolmogorov"},
+        {"name": "kolmogorov", "n": 32},
+    ],
+)
+def test_config_state_shape_is_the_systems(system):
+    """The torch-free shape rule of the config validation agrees with the systems themselves."""
+    from masf.systems import make_system
+
+    params = {k: v for k, v in system.items() if k != "name"}
+    assert mc.state_shape(system) == tuple(make_system(system["name"], **params).state_shape)

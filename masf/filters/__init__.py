@@ -6,16 +6,17 @@ ones also have ``pretrain(data, operator, *, checkpoint, generator, device)``. S
 
 ``make_filter(name, **params)`` builds one by its config name:
 
-=========  ==========================================  ===========================
-name       class                                        module
-=========  ==========================================  ===========================
-masf       MASF (sampler reference, bridge, nonlinear)  masf.filters.masf
-sf         SF (score-based filter, Bao et al.)          masf.filters.sf
-ssls       SSLS (sequential Langevin sampling)          masf.filters.ssls
-enkf       EnKF (square-root or perturbed obs.)         masf.filters.enkf
-letkf      LETKF (local ETKF, Gaspari-Cohn)             masf.filters.letkf
-pf         ParticleFilter (bootstrap)                   masf.filters.particle
-=========  ==========================================  ===========================
+===========  ===========================================  ========================
+name         class                                        module
+===========  ===========================================  ========================
+masf         MASF (sampler reference, bridge, nonlinear)  masf.filters.masf
+sf           SF (score-based filter, Bao et al.)          masf.filters.sf
+ssls         SSLS (sequential Langevin sampling)          masf.filters.ssls
+enkf         EnKF (square-root or perturbed obs.)         masf.filters.enkf
+letkf        LETKF (local ETKF, Gaspari-Cohn)             masf.filters.letkf
+pf           ParticleFilter (bootstrap)                   masf.filters.particle
+climatology  Climatology (no assimilation: the floor)     masf.filters.climatology
+===========  ===========================================  ========================
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ FILTERS: dict[str, tuple[str, str]] = {
     "enkf": ("masf.filters.enkf", "EnKF"),
     "letkf": ("masf.filters.letkf", "LETKF"),
     "pf": ("masf.filters.particle", "ParticleFilter"),
+    "climatology": ("masf.filters.climatology", "Climatology"),
 }
 
 

@@ -1,5 +1,6 @@
 # assimilate: (experiment, operator, method, seed) -> one run file (analysis means, spread, metrics,
-# timings, status ok|diverged). Score-based methods also take their checkpoint and a GPU if configured.
+# timings, status ok|diverged). Score-based methods also take their checkpoint and a GPU if configured;
+# they and the climatology reference take the climatology snapshots.
 
 
 rule assimilate:
@@ -9,7 +10,7 @@ rule assimilate:
         mc.RUN,
     params:
         spec=lambda wc: mc.to_json(mc.assimilate_spec(CFG, wc.experiment, wc.operator, wc.method)),
-        checkpoint=checkpoint_option,
+        options=input_options,
     log:
         mc.LOG.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}"),
     benchmark:
@@ -20,5 +21,5 @@ rule assimilate:
         runtime=res("assimilate", "runtime"),
         gpu=lambda wc: res("assimilate", "gpu") if mc.is_score_based(CFG, wc.method) else 0,
     shell:
-        "{MASF} assimilate --spec {params.spec:q} --data {input.data:q} {params.checkpoint}"
+        "{MASF} assimilate --spec {params.spec:q} --data {input.data:q} {params.options}"
         " --seed {wildcards.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"

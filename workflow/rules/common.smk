@@ -19,8 +19,11 @@ def pretrain_data(wildcards):
 
 
 def assimilate_inputs(wildcards):
-    """The truth/observations file, and the checkpoint for methods that load a pretrained network."""
+    """The truth/observations file, the checkpoint for methods that load a pretrained network, and the
+    climatology snapshots for the methods that draw from the climatology (mc.needs_climatology)."""
     inputs = {"data": mc.DATA.format(experiment=wildcards.experiment, seed=wildcards.seed)}
+    if mc.needs_climatology(CFG, wildcards.method):
+        inputs["climatology"] = mc.SNAPSHOTS.format(experiment=wildcards.experiment)
     if mc.needs_pretraining(CFG, wildcards.method):
         # methods with equal pretraining specs share the checkpoint of the first of them
         owner = CHECKPOINT_OWNERS[(wildcards.experiment, wildcards.operator, wildcards.method)]
@@ -30,9 +33,10 @@ def assimilate_inputs(wildcards):
     return inputs
 
 
-def checkpoint_option(wildcards, input):
-    """`--checkpoint PATH` (shell-quoted) when the job has a checkpoint input, else nothing."""
-    return f"--checkpoint {shlex.quote(input.checkpoint)}" if "checkpoint" in input.keys() else ""
+def input_options(wildcards, input):
+    """`--checkpoint PATH` and `--climatology PATH` (shell-quoted) for the job's optional inputs."""
+    options = [f"--{key} {shlex.quote(input[key])}" for key in ("checkpoint", "climatology") if key in input.keys()]
+    return " ".join(options)
 
 
 def run_files(wildcards):
