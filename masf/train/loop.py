@@ -38,6 +38,22 @@ from masf.train.checkpoint import read_payload, to_json, write_checkpoint
 from masf.train.stop import StopOnSignal, TrainingInterrupted
 
 LossFn = Callable[[nn.Module, Tensor, torch.Generator], Tensor]
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based) of ``total``.
+
+    ``constant``: 1 after a linear warm-up over the first ``warmup · total`` steps. ``cosine``: the same
+    warm-up, then (1 + cos(π p))/2 with p the fraction of the remaining steps done, down to 0 at the end.
+    """
+    n_warm = math.floor(warmup * total)
+    if step < n_warm:
+        return (step + 1) / n_warm
+    if schedule == "constant":
+        return 1.0
+    p = (step - n_warm) / max(1, total - n_warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
 
 
 @dataclass
@@ -68,7 +84,13 @@ def _check_fit_args(
     val_fraction: float,
     checkpoint_every: int,
     checkpoint_interval_s: float,
+    lr_schedule: str = "constant",
+    warmup: float = 0.0,
 ) -> None:
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got {warmup!r}")
     if not isinstance(data, Tensor) or data.ndim < 2 or not data.is_floating_point() or len(data) < 1:
         raise ValueError(
             f"data must be a floating tensor (N, *S) with N >= 1, got {getattr(data, 'shape', data)!r}"
@@ -111,6 +133,8 @@ def fit(
     clip: float | None = 1.0,
     ema: float | None = None,
     val_fraction: float = 0.1,
+    lr_schedule: str = "constant",
+    warmup: float = 0.0,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     checkpoint_interval_s: float = 0.0,
@@ -118,12 +142,17 @@ def fit(
     progress: bool = True,
     resume: bool = True,
     stop: StopOnSignal | None = None,
+    callback: Callable[[int, nn.Module, dict[str, Tensor] | None], None] | None = None,
 ) -> TrainResult:
     """Train ``net`` on ``data`` (N, *S) with ``loss_fn`` and a fresh AdamW; see the module docstring.
 
     Each epoch visits the training samples once in a random order, in minibatches of ``batch_size`` (the
     last one may be smaller; with N_train <= batch_size an epoch is one step). Per step: loss, backward,
-    gradient-norm clip to ``clip``, AdamW step, EMA update ``e <- ema·e + (1-ema)·w``.
+    gradient-norm clip to ``clip``, AdamW step at ``lr · lr_factor(step)`` (see :func:`lr_factor`:
+    ``lr_schedule`` ``constant`` or ``cosine`` over all ``epochs``, linear warm-up over the fraction
+    ``warmup`` of the steps), EMA update ``e <- d·e + (1-d)·w`` with the warmed-up decay
+    ``d = min(ema, (1 + k)/(10 + k))`` at the k-th update (so that a short run is not dominated by the
+    initial weights: with ema = 0.999 they would still weigh 0.999^k).
 
     Checkpoints (if ``checkpoint_path``): every ``checkpoint_every`` epochs but no sooner than
     ``checkpoint_interval_s`` seconds after the previous one, always at the end and on a stop request,
@@ -132,7 +161,8 @@ def fit(
     optimizer, EMA, best weights, losses, split, position, generator state). With ``resume`` and an existing
     file, training continues from it and ends with exactly the weights of an uninterrupted run; the file
     must come from a run with the same network, data size and hyper-parameters (``epochs`` may grow).
-    ``config`` is stored as the checkpoint's run config.
+    ``config`` is stored as the checkpoint's run config. ``callback(steps_done, net, ema_state)`` runs
+    after every optimizer step (benchmarks use it to score the weights on their own validation data).
 
     Raises ValueError on bad arguments, FloatingPointError on a non-finite training loss, and
     ``TrainingInterrupted`` after a stop request (checkpoint written first).
@@ -150,6 +180,8 @@ def fit(
         val_fraction,
         checkpoint_every,
         checkpoint_interval_s,
+        lr_schedule,
+        warmup,
     )
     if not isinstance(getattr(net, "config", None), dict):
         raise ValueError("net has no .config dict; build it with masf.nets.make_network")
@@ -165,6 +197,8 @@ def fit(
         "clip": clip,
         "ema": ema,
         "val_fraction": float(val_fraction),
+        "lr_schedule": lr_schedule,
+        "warmup": float(warmup),
     }
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     gen_device = generator.device
@@ -194,6 +228,7 @@ def fit(
         }
     n_train = len(s["train_idx"])
     steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = epochs * steps_per_epoch
 
     def selected_state() -> dict[str, Tensor]:
         if s["best_state"] is not None:
@@ -239,18 +274,25 @@ def fit(
             loss.backward()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip)
+            factor = lr_factor(s["epoch"] * steps_per_epoch + s["step"], total_steps, lr_schedule, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
             optimizer.step()
             if s["ema_state"] is not None:
+                done = s["epoch"] * steps_per_epoch + s["step"]  # EMA updates before this one
+                decay = min(ema, (1.0 + done) / (10.0 + done))
                 with torch.no_grad():
                     for key, value in net.state_dict().items():
                         target = s["ema_state"][key]
                         if target.is_floating_point():
-                            target.lerp_(value, 1.0 - ema)
+                            target.lerp_(value, 1.0 - decay)
                         else:
                             target.copy_(value)
             s["loss_sum"] += loss_value * len(idx)
             s["loss_count"] += len(idx)
             s["step"] += 1
+            if callback is not None:
+                callback(s["epoch"] * steps_per_epoch + s["step"], net, s["ema_state"])
             if stop is not None and stop.requested:
                 save()
                 where = f"epoch {s['epoch']} step {s['step']}"
