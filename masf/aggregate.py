@@ -125,8 +125,10 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
         scalars["wall_clock_pretrain_s"][idx] = benchmark_seconds(
             mc.BENCHMARK.format(
                 stage="pretrain",
-                name="{experiment}/{operator}/{owner}".format(
-                    owner=r.get("checkpoint_method") or r["method"], **r
+                name="{experiment}/{operator}/{method}".format(
+                    experiment=r["experiment"],
+                    operator=r.get("checkpoint_operator") or r["operator"],
+                    method=r.get("checkpoint_method") or r["method"],
                 ),
             )
         )

@@ -192,6 +192,9 @@ SAMPLING_ONLY: dict[str, frozenset[str]] = {
     "sf": frozenset({"nfe", "tol", "constant_step"}) | _FINETUNE,
     "ssls": frozenset({"nfe", "step", "decay", "tol"}) | _FINETUNE,
 }
+# Score-based filters whose training loss does not involve the operator (plain denoising): one network
+# per experiment serves all its operators.
+OPERATOR_FREE_TRAINING = frozenset({"sf", "ssls"})
 # MASF samplers that need a linear (mask) operator.
 LINEAR_ONLY_SAMPLERS = frozenset({"reference", "bridge"})
 
@@ -463,14 +466,15 @@ def needs_climatology(cfg: dict[str, Any], method: str) -> bool:
 def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Every (experiment, operator, method, seed) of the sweep, as wildcard dicts.
 
-    Each dict also has ``checkpoint_method``: the method whose checkpoint the run loads (see
-    :func:`checkpoint_owners`), or None for methods without one (see :func:`needs_pretraining`).
+    Each dict also has ``checkpoint_operator`` and ``checkpoint_method``: whose checkpoint the run loads
+    (see :func:`checkpoint_owners`), or None for methods without one (see :func:`needs_pretraining`).
     """
     owners = checkpoint_owners(cfg)
     out = []
     for ename, exp in cfg["experiments"].items():
         for oname in exp["operators"]:
             for mname in methods_for(cfg, ename, oname):
+                owner = owners.get((ename, oname, mname), (None, None))
                 for seed in exp["seeds"]:
                     out.append(
                         {
@@ -478,30 +482,33 @@ def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                             "operator": oname,
                             "method": mname,
                             "seed": seed,
-                            "checkpoint_method": owners.get((ename, oname, mname)),
+                            "checkpoint_operator": owner[0],
+                            "checkpoint_method": owner[1],
                         }
                     )
     return out
 
 
-def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], str]:
-    """(experiment, operator, method) -> the method whose checkpoint it uses, for every method that
-    :func:`needs_pretraining`.
+def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(experiment, operator, method) -> (operator, method) of the checkpoint it uses, for every method
+    that :func:`needs_pretraining`.
 
-    Methods of one operator with equal :func:`pretrain_spec` share one checkpoint, owned by the first of
-    them in the operator's method list: e.g. MASF's bridge and reference samplers train the same network.
+    Runs of one experiment with equal :func:`pretrain_spec` share one checkpoint, owned by the first of
+    them (operators in order, then each operator's methods): MASF's bridge and reference samplers train
+    the same network, and SF and SSLS, whose training does not involve the operator, train one network
+    per experiment for all its operators.
     """
-    owners: dict[tuple[str, str, str], str] = {}
+    owners: dict[tuple[str, str, str], tuple[str, str]] = {}
     for ename, exp in cfg["experiments"].items():
+        specs: list[tuple[tuple[str, str], dict[str, Any]]] = []
         for oname in exp["operators"]:
-            specs: list[tuple[str, dict[str, Any]]] = []
             for mname in methods_for(cfg, ename, oname):
                 if not needs_pretraining(cfg, mname):
                     continue
                 spec = pretrain_spec(cfg, ename, oname, mname)
-                owner = next((m for m, s in specs if s == spec), mname)
-                if owner == mname:
-                    specs.append((mname, spec))
+                owner = next((key for key, s in specs if s == spec), (oname, mname))
+                if owner == (oname, mname):
+                    specs.append((owner, spec))
                 owners[(ename, oname, mname)] = owner
     return owners
 
@@ -511,7 +518,7 @@ def pretrain_jobs(cfg: dict[str, Any]) -> list[dict[str, str]]:
     return [
         {"experiment": e, "operator": o, "method": m}
         for (e, o, m), owner in checkpoint_owners(cfg).items()
-        if owner == m
+        if owner == (o, m)
     ]
 
 
@@ -557,19 +564,22 @@ def dataset_spec(cfg: dict[str, Any], experiment: str) -> dict[str, Any]:
 
 
 def pretrain_spec(cfg: dict[str, Any], experiment: str, operator: str, method: str) -> dict[str, Any]:
-    """Operator, state shape source and the training-relevant hyper-parameters of ``method``."""
+    """What ``method``'s pretraining depends on: the system, the operator (not for SF and SSLS, whose
+    denoising losses do not involve it), the training-relevant hyper-parameters and the data seed."""
     exp = cfg["experiments"][experiment]
     m = cfg["methods"][method]
     skip = SAMPLING_ONLY.get(m["filter"], frozenset())
     if m["filter"] == "masf" and m.get("sampler", "bridge") in LINEAR_ONLY_SAMPLERS:
         skip = skip | {"sampler"}  # the bridge and reference samplers use the same single-head network
-    return {
+    spec = {
         "system": exp["system"],
-        "operator": _operator(cfg, experiment, operator),
         "method": {k: v for k, v in m.items() if k not in skip},
         "seed": exp["dataset"]["seed"],
         "device": cfg["device"],
     }
+    if m["filter"] not in OPERATOR_FREE_TRAINING:
+        spec["operator"] = _operator(cfg, experiment, operator)
+    return spec
 
 
 def assimilate_spec(cfg: dict[str, Any], experiment: str, operator: str, method: str) -> dict[str, Any]:

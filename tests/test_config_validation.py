@@ -235,23 +235,44 @@ def test_defaults_do_not_touch_the_input():
     assert out["resources"]["assimilate"]["gpu"] == 0
 
 
+def test_sf_and_ssls_train_one_network_per_experiment_masf_one_per_operator():
+    """SF's and SSLS's losses do not involve the operator: the second operator reuses the first's
+    checkpoint; MASF's forward process is the operator's, so each operator trains its own."""
+    cfg = mc.load_validated(REPO / "config" / "test.yaml")
+    owners = mc.checkpoint_owners(cfg)
+    exp = cfg["experiments"]["kolmogorov"]
+    first, second = list(exp["operators"])[:2]
+    cfg["experiments"]["kolmogorov"]["operators"][second]["methods"] = ["sf", "masf_bridge", "enkf"]
+    owners = mc.checkpoint_owners(cfg)
+    assert owners[("kolmogorov", second, "sf")] == (first, "sf")
+    assert owners[("kolmogorov", second, "masf_bridge")] == (second, "masf_bridge")
+    jobs = {(j["operator"], j["method"]) for j in mc.pretrain_jobs(cfg) if j["experiment"] == "kolmogorov"}
+    assert (second, "sf") not in jobs and (first, "sf") in jobs and (second, "masf_bridge") in jobs
+    assert "operator" not in mc.pretrain_spec(cfg, "kolmogorov", first, "sf")
+    assert "operator" in mc.pretrain_spec(cfg, "kolmogorov", first, "masf_bridge")
+
+
 def test_pretraining_jobs_only_for_score_based_methods():
     cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
     jobs = mc.pretrain_jobs(cfg)
     assert jobs and all(mc.is_score_based(cfg, j["method"]) for j in jobs)
-    # the sigmoid operator runs only the methods it lists
-    assert {j["method"] for j in jobs if j["operator"] == "sigmoid"} == {"sf"}
+    # an operator runs only the methods it lists, and pretrains only those that need its own network
+    for e, exp in cfg["experiments"].items():
+        for o, op in exp["operators"].items():
+            listed = set(op.get("methods", exp["methods"]))
+            assert set(mc.methods_for(cfg, e, o)) == listed
+            assert {j["method"] for j in jobs if (j["experiment"], j["operator"]) == (e, o)} <= listed
 
 
 def test_masf_bridge_and_reference_share_one_checkpoint():
     cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
     owners = mc.checkpoint_owners(cfg)
-    assert owners[("l96", "every2", "masf_reference")] == "masf_bridge"
-    assert owners[("l96", "every2", "sf")] == "sf"
+    assert owners[("l96", "every2", "masf_reference")] == ("every2", "masf_bridge")
+    assert owners[("l96", "every2", "sf")] == ("every2", "sf")
     jobs = [(j["experiment"], j["operator"], j["method"]) for j in mc.pretrain_jobs(cfg)]
     assert ("l96", "every2", "masf_bridge") in jobs and ("l96", "every2", "masf_reference") not in jobs
     run = next(r for r in mc.runs(cfg) if r["method"] == "masf_reference")
-    assert run["checkpoint_method"] == "masf_bridge"
+    assert (run["checkpoint_operator"], run["checkpoint_method"]) == ("every2", "masf_bridge")
     assert next(r for r in mc.runs(cfg) if r["method"] == "enkf")["checkpoint_method"] is None
     # MASF in scratch mode or with the Gaussian score model loads no network: no checkpoint, no job
     cfg["methods"]["masf_scratch"] = {**cfg["methods"]["masf_bridge"], "scratch": True}
@@ -265,7 +286,7 @@ def test_masf_bridge_and_reference_share_one_checkpoint():
     assert not any(j["method"] in ("masf_scratch", "masf_gauss") for j in mc.pretrain_jobs(cfg))
     # a training key of its own gives the reference sampler its own checkpoint
     cfg["methods"]["masf_reference"]["width"] = 48
-    assert mc.checkpoint_owners(cfg)[("l96", "every2", "masf_reference")] == "masf_reference"
+    assert mc.checkpoint_owners(cfg)[("l96", "every2", "masf_reference")] == ("every2", "masf_reference")
     # the nonlinear sampler trains a dual-head network: never shared with the linear samplers
     cfg["methods"]["masf_nonlinear"] = {**cfg["methods"]["masf_bridge"], "sampler": "nonlinear"}
     assert mc.pretrain_spec(cfg, "l96", "every2", "masf_nonlinear") != mc.pretrain_spec(

@@ -241,7 +241,8 @@ def pretrain_network(
     ``loss_fn`` (``masf.train.pretrain``) and write ``checkpoint``.
 
     ``stop`` (a ``masf.train.StopOnSignal``) makes SIGTERM save the checkpoint and exit; a rerun resumes.
-    The checkpoint's run config holds ``method``, ``operator`` (its ``params()``), the forward-process
+    The checkpoint's run config holds ``method``, ``operator`` (its ``params()``; None when the training
+    does not depend on it, SF and SSLS: then one network serves every operator), the forward-process
     parameters ``process`` (e.g. ``{"sigma_max": 25.0}``) and ``normalizer`` (statistics as lists).
     """
     if not isinstance(data, Tensor) or data.ndim < 2 or not data.is_floating_point():
@@ -252,7 +253,7 @@ def pretrain_network(
     normalizer.fit(data)  # a no-op for the (already fitted) identity normalizer
     config = {
         "method": method,
-        "operator": operator.params(),
+        "operator": None if operator is None else operator.params(),
         **process,
         "normalizer": normalizer_to_json(normalizer),
     }
@@ -406,17 +407,19 @@ def pretrain_filter(
     kind: str | None = None,
     time_conditioned: bool = True,
     normalizer: Normalizer | None = None,
+    operator_free: bool = False,
 ) -> None:
     """Pretrain the network of the score-based filter ``f`` (its network, normalization and
     ``pretrain_*`` fields) on ``data`` with ``loss_fn``; see :func:`pretrain_network`.
 
     ``kind`` overrides ``f.network`` resolved by :func:`network_kind`; ``normalizer`` a fresh one from
-    ``f``'s normalization fields (pass one when ``loss_fn`` was built on it).
+    ``f``'s normalization fields (pass one when ``loss_fn`` was built on it). ``operator_free``: the loss
+    does not involve the operator, so the checkpoint records none (and serves every operator).
     """
     kind = kind or network_kind(f.network, tuple(data.shape[1:]))
     pretrain_network(
         data,
-        operator,
+        None if operator_free else operator,
         loss_fn,
         method=f.name,
         process=process,

@@ -213,6 +213,7 @@ class SF:
             operator,
             self.loss_fn(),
             process={"sigma_max": self.sigma_max},
+            operator_free=True,
             checkpoint=checkpoint,
             generator=generator,
             device=device,
@@ -226,7 +227,7 @@ class SF:
         check_analysis_input(prior, z, self.name)
         expect = {
             "method": self.name,
-            "operator": operator.params(),
+            "operator": None,  # trained without the operator: one network serves every operator
             "sigma_max": self.sigma_max,
             "state_shape": list(prior.shape[1:]),
         }

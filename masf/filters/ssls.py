@@ -185,6 +185,7 @@ class SSLS:
             operator,
             self.loss_fn(),
             process={"sigma": self.sigma},
+            operator_free=True,
             checkpoint=checkpoint,
             generator=generator,
             device=device,
@@ -199,7 +200,7 @@ class SSLS:
         check_analysis_input(prior, z, self.name)
         expect = {
             "method": self.name,
-            "operator": operator.params(),
+            "operator": None,  # trained without the operator: one network serves every operator
             "sigma": self.sigma,
             "state_shape": list(prior.shape[1:]),
         }

@@ -2,7 +2,7 @@
 # (Included first by the Snakefile; CFG is the validated config, mc is masf.config.)
 
 
-# (experiment, operator, method) -> the method whose checkpoint it loads; computed once per parse
+# (experiment, operator, method) -> (operator, method) of the checkpoint it loads; computed once per parse
 CHECKPOINT_OWNERS = mc.checkpoint_owners(CFG)
 
 
@@ -25,11 +25,9 @@ def assimilate_inputs(wildcards):
     if mc.needs_climatology(CFG, wildcards.method):
         inputs["climatology"] = mc.SNAPSHOTS.format(experiment=wildcards.experiment)
     if mc.needs_pretraining(CFG, wildcards.method):
-        # methods with equal pretraining specs share the checkpoint of the first of them
-        owner = CHECKPOINT_OWNERS[(wildcards.experiment, wildcards.operator, wildcards.method)]
-        inputs["checkpoint"] = mc.CHECKPOINT.format(
-            experiment=wildcards.experiment, operator=wildcards.operator, method=owner
-        )
+        # runs with equal pretraining specs share the checkpoint of the first of them
+        operator, method = CHECKPOINT_OWNERS[(wildcards.experiment, wildcards.operator, wildcards.method)]
+        inputs["checkpoint"] = mc.CHECKPOINT.format(experiment=wildcards.experiment, operator=operator, method=method)
     return inputs
 
 
