@@ -205,7 +205,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     spec = _spec(args, mc.pretrain_spec, "experiment", "operator", "method")
     device = _device(spec["device"])
     system = _system(spec)
-    operator = _operator(spec["operator"], tuple(system.state_shape))
+    # SF and SSLS train without the operator: their spec has none (one network serves every operator)
+    operator = _operator(spec["operator"], tuple(system.state_shape)) if "operator" in spec else None
     flt = _filter(spec["method"])
     if not getattr(flt, "needs_pretraining", False):
         raise SystemExit(f"masf: filter {spec['method']['filter']!r} needs no pretraining")

@@ -178,7 +178,8 @@ class SSLS:
         stop: Any = None,
     ) -> None:
         """Fit the normalizer on ``data`` (M, *S) (physical), train the time-free ε-network; write ``checkpoint``."""
-        self.check_operator(operator)
+        if operator is not None:  # the loss does not involve it; checked when given
+            self.check_operator(operator)
         pretrain_filter(
             self,
             data,
