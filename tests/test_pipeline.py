@@ -272,10 +272,14 @@ def test_default_sweep_ranks_the_methods(tmp_path):
     with xr.open_dataset(tmp_path / "results" / "metrics.nc") as ds:
         assert (ds["status"].values[np.isfinite(ds["rmse_mean"].values)] == 1).all()
         for experiment, operator in sorted(pairs):
-            methods = [m for m in cfg["experiments"][experiment]["methods"]]
+            methods = mc.methods_for(cfg, experiment, operator)
             assert "climatology" in methods, experiment
             med = {
-                m: float(np.median(ds["rmse_mean"].sel(experiment=experiment, operator=operator, method=m)))
+                m: float(
+                    np.median(
+                        ds["rmse_mean"].sel({"experiment": experiment, "operator": operator, "method": m})
+                    )
+                )
                 for m in methods
             }
             floor = med["climatology"]
