@@ -267,30 +267,37 @@ def test_pretraining_jobs_only_for_score_based_methods():
 def test_masf_bridge_and_reference_share_one_checkpoint():
     cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
     owners = mc.checkpoint_owners(cfg)
-    assert owners[("l96", "every2", "masf_reference")] == ("every2", "masf_bridge")
-    assert owners[("l96", "every2", "sf")] == ("every2", "sf")
+    assert owners[("l96", "every2", "masf_reference_mlp")] == ("every2", "masf_bridge_mlp")
+    assert owners[("l96", "every2", "sf_mlp")] == ("every2", "sf_mlp")
     jobs = [(j["experiment"], j["operator"], j["method"]) for j in mc.pretrain_jobs(cfg)]
-    assert ("l96", "every2", "masf_bridge") in jobs and ("l96", "every2", "masf_reference") not in jobs
-    run = next(r for r in mc.runs(cfg) if r["method"] == "masf_reference")
-    assert (run["checkpoint_operator"], run["checkpoint_method"]) == ("every2", "masf_bridge")
+    assert ("l96", "every2", "masf_bridge_mlp") in jobs and (
+        "l96",
+        "every2",
+        "masf_reference_mlp",
+    ) not in jobs
+    run = next(r for r in mc.runs(cfg) if r["method"] == "masf_reference_mlp")
+    assert (run["checkpoint_operator"], run["checkpoint_method"]) == ("every2", "masf_bridge_mlp")
     assert next(r for r in mc.runs(cfg) if r["method"] == "enkf")["checkpoint_method"] is None
     # MASF in scratch mode or with the Gaussian score model loads no network: no checkpoint, no job
-    cfg["methods"]["masf_scratch"] = {**cfg["methods"]["masf_bridge"], "scratch": True}
-    cfg["methods"]["masf_gauss"] = {**cfg["methods"]["masf_bridge"], "score_model": "gaussian"}
+    cfg["methods"]["masf_scratch"] = {**cfg["methods"]["masf_bridge_mlp"], "scratch": True}
+    cfg["methods"]["masf_gauss"] = {**cfg["methods"]["masf_bridge_mlp"], "score_model": "gaussian"}
     cfg["experiments"]["l96"]["methods"] += ["masf_scratch", "masf_gauss"]
     assert not mc.needs_pretraining(cfg, "masf_scratch") and not mc.needs_pretraining(cfg, "masf_gauss")
-    assert mc.is_score_based(cfg, "masf_scratch") and mc.needs_pretraining(cfg, "sf")
+    assert mc.is_score_based(cfg, "masf_scratch") and mc.needs_pretraining(cfg, "sf_mlp")
     assert {
         r["checkpoint_method"] for r in mc.runs(cfg) if r["method"] in ("masf_scratch", "masf_gauss")
     } == {None}
     assert not any(j["method"] in ("masf_scratch", "masf_gauss") for j in mc.pretrain_jobs(cfg))
     # a training key of its own gives the reference sampler its own checkpoint
-    cfg["methods"]["masf_reference"]["width"] = 48
-    assert mc.checkpoint_owners(cfg)[("l96", "every2", "masf_reference")] == ("every2", "masf_reference")
+    cfg["methods"]["masf_reference_mlp"]["width"] = 48
+    assert mc.checkpoint_owners(cfg)[("l96", "every2", "masf_reference_mlp")] == (
+        "every2",
+        "masf_reference_mlp",
+    )
     # the nonlinear sampler trains a dual-head network: never shared with the linear samplers
-    cfg["methods"]["masf_nonlinear"] = {**cfg["methods"]["masf_bridge"], "sampler": "nonlinear"}
+    cfg["methods"]["masf_nonlinear"] = {**cfg["methods"]["masf_bridge_mlp"], "sampler": "nonlinear"}
     assert mc.pretrain_spec(cfg, "l96", "every2", "masf_nonlinear") != mc.pretrain_spec(
-        cfg, "l96", "every2", "masf_bridge"
+        cfg, "l96", "every2", "masf_bridge_mlp"
     )
 
 
