@@ -83,13 +83,8 @@ VARIANTS = {
 }
 
 
-def experiment(exp: dict, seed: int) -> tuple:
-    system = make_system(**exp["system"])
-    op = make_operator(
-        exp["operator"]["operator"],
-        system.state_shape,
-        **{k: v for k, v in exp["operator"].items() if k != "operator"},
-    )
+def experiment(exp: dict, system, op, seed: int) -> tuple:
+    """Truth ``(cycles, *S)``, observations and the initial ensemble of one seed."""
     g = generator(seed, "truth")
     x = system.sample_climatology(1, generator=g)
     truth = []
@@ -99,7 +94,7 @@ def experiment(exp: dict, seed: int) -> tuple:
     truth = torch.stack(truth)
     obs = op.observe(truth, generator=generator(seed, "obs_noise"))
     ens = system.sample_climatology(MEMBERS, generator=generator(seed, "ensemble"))
-    return system, op, truth, obs, ens
+    return truth, obs, ens
 
 
 def table(results: dict) -> str:
@@ -152,12 +147,12 @@ def main() -> None:
             "val_loss": train["val_loss"],
         }
     names = args.variants.split(",") if args.variants else list(VARIANTS)
-    runs = {s: experiment(exp, s) for s in SEEDS}
+    runs = {s: experiment(exp, system, op, s) for s in SEEDS}
     for name in names:
         started = time.perf_counter()
         per_seed = []
         for s in SEEDS:
-            _, _, truth, obs, ens = runs[s]
+            truth, obs, ens = runs[s]
             f = make_filter("masf", **base, **VARIANTS[name])
             ds = run(
                 system,
