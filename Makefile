@@ -1,11 +1,14 @@
 # The two commands of the README:
 #   make sweep   set up .venv (CPU torch) and run the default sweep of config/sweep.yaml -> results/report.html
 #   make test    set up .venv (with the dev tools) and run ruff and the whole test suite
-# Variables: TORCH (the torch requirement to install first; CPU build by default), CORES, PYTHON, VENV.
+# Variables: TORCH (the torch requirement to install first; CPU build by default), CORES, TEST_WORKERS,
+# PYTHON, VENV.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 CORES ?= all
+# pytest workers (pytest-xdist; a test file stays on one worker, so module fixtures run once)
+TEST_WORKERS ?= 2
 BIN := $(abspath $(VENV))/bin
 
 .PHONY: setup sweep test lint clean-results
@@ -26,7 +29,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	PATH="$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/pytest --durations=30
+	PATH="$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 clean-results:
 	rm -rf results/data results/runs results/checkpoints results/figures results/metrics.nc results/report.html
