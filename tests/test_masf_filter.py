@@ -60,9 +60,11 @@ def _kalman(system, mask, sigma, obs, mean, cov):
 
 
 @pytest.mark.slow
-def test_bridge_with_gaussian_denoiser_tracks_the_kalman_filter():
+@pytest.mark.parametrize("nfe", [10, 30])
+def test_bridge_with_gaussian_denoiser_tracks_the_kalman_filter(nfe):
     """Linear-Gaussian dynamics, half the components observed: MASF-bridge with the exact x0-predictor of
-    the forecast ensemble's Gaussian fit reproduces the Kalman filter's analysis mean and variance."""
+    the forecast ensemble's Gaussian fit reproduces the Kalman filter's analysis mean and variance at the
+    nfe the shipped configs run (10, 30)."""
     system = LinearGaussian.default(4)
     operator = every_kth((4,), k=2, noise_std=0.5)
     seed, n_cycles, n_members = 7, 5, 20000
@@ -74,7 +76,7 @@ def test_bridge_with_gaussian_denoiser_tracks_the_kalman_filter():
     truth = torch.stack(truth)
     obs = operator.observe(truth, generator=generator(seed, "obs_noise"))
     ens = system.sample_initial(n_members, generator=generator(seed, "ensemble"), dtype=torch.float64)
-    f = MASF(sampler="bridge", nfe=500, score_model="gaussian")
+    f = MASF(sampler="bridge", nfe=nfe, score_model="gaussian")
     ds = run(system, operator, f, obs, ens, truth=truth, seed=seed, keep_members=True)
     kf_mean, kf_var = _kalman(
         system, operator.mask.numpy(), 0.5, obs.numpy(), system.mean0.numpy(), system.cov0.numpy()

@@ -130,15 +130,19 @@ def test_end_to_end_metrics(test_sweep):
             assert ds[name].attrs["long_name"] and "units" in ds[name].attrs
         for run in mc.runs(cfg):
             sel = ds.sel({k: run[k] for k in ("experiment", "operator", "method", "seed")})
-            assert int(sel.status) in (1, 2), run
+            assert int(sel.status) == 1, f"{run}: status {int(sel.status)} (no run of test.yaml may diverge)"
             assert float(sel.wall_clock_s) > 0
-            if int(sel.status) == 1:
-                assert np.isfinite(float(sel.rmse_mean)) and float(sel.rmse_mean) > 0, run
-                assert np.isfinite(sel.rmse.values[: cfg["experiments"][run["experiment"]]["cycles"]]).all()
+            assert np.isfinite(float(sel.rmse_mean)) and float(sel.rmse_mean) > 0, run
+            assert np.isfinite(sel.rmse.values[: cfg["experiments"][run["experiment"]]["cycles"]]).all()
+        # the classical filters assimilate: below the climatology on the L96 ring
+        l96 = ds["rmse_mean"].sel({"experiment": "l96", "operator": "half", "seed": 0})
+        for method in ("enkf", "letkf"):
+            assert float(l96.sel({"method": method})) < float(l96.sel({"method": "climatology"})), method
         # SSIM only for the 2-D system
         assert np.isnan(ds["ssim_mean"].sel({"experiment": "l96"}).values).all()
-        ok = ds["status"].sel({"experiment": "kolmogorov"}).values == 1
-        assert np.isfinite(ds["ssim_mean"].sel({"experiment": "kolmogorov"}).values[ok]).all()
+        kolmogorov = ds["ssim_mean"].sel({"experiment": "kolmogorov"}).values
+        ran = ds["status"].sel({"experiment": "kolmogorov"}).values == 1  # the operator's methods
+        assert np.isfinite(kolmogorov[ran]).all()
     summary = (work / "results" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len({(r["experiment"], r["operator"], r["method"]) for r in mc.runs(cfg)})
 

@@ -252,8 +252,6 @@ def test_impossible_requests_fail_at_once_with_the_fix(tmp_path):
 @pytest.mark.slow
 def test_pipeline_test_config_on_slurm(tmp_path):
     config = REPO / "config" / "test.yaml"
-    if not config.exists():
-        pytest.skip("config/test.yaml is not there yet")
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
     done = subprocess.run(
         [*command, "--directory", str(tmp_path), "--configfile", str(config), *ON_SLURM],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -337,7 +338,7 @@ def test_validation_split_is_held_out_and_selects_the_best_epoch():
     assert states_equal(result.net.state_dict(), upto.net.state_dict())
 
 
-def test_finetune_trains_on_all_members_with_a_fresh_optimizer():
+def test_finetune_takes_one_step_per_epoch_on_all_members_in_place():
     seen = []
     net, data = tiny_setup(n=9)
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -346,6 +347,20 @@ def test_finetune_trains_on_all_members_with_a_fresh_optimizer():
     assert result.net is net and result.val_loss == [] and result.best_epoch is None
     assert len(seen) == 3 and all(len(b) == 9 for b in seen)  # one step per epoch on all 9 members
     assert not states_equal(before, net.state_dict())
+
+
+def test_finetune_carries_no_optimizer_state_between_calls():
+    """Each call builds its own AdamW: a call after an unrelated one, from the same weights and seed,
+    equals a first call (moments or step counts left over would change the update)."""
+    net, data = tiny_setup(n=9)
+    start = copy.deepcopy(net.state_dict())
+    options = dict(epochs=2, batch_size=4, lr=1e-2)
+    first = finetune(net, data, x0_loss, generator=torch.Generator().manual_seed(1), **options)
+    expected = copy.deepcopy(first.net.state_dict())
+    finetune(net, 3.0 * data + 1.0, x0_loss, generator=torch.Generator().manual_seed(7), **options)
+    net.load_state_dict(start)
+    again = finetune(net, data, x0_loss, generator=torch.Generator().manual_seed(1), **options)
+    assert states_equal(again.net.state_dict(), expected)
 
 
 def test_bad_arguments_are_refused():
