@@ -15,6 +15,7 @@ stands in for ``masf.assimilate.run`` so that these checks depend only on the fi
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,6 @@ from masf.systems import Lorenz63, Lorenz96
 from masf.systems.base import randn
 
 F64 = torch.float64
-BAND = 0.03
 
 
 @dataclass(frozen=True)
@@ -62,81 +62,86 @@ def _stats(ensemble: torch.Tensor, w: torch.Tensor, truth: torch.Tensor) -> tupl
     return float((mean - truth).square().mean().sqrt()), float(variance.mean().sqrt())
 
 
-def twin_experiment(setup: Setup, filt: Any, n: int, cycles: int, seed: int) -> dict[str, float]:
-    """Run truth + ensemble for ``cycles`` analyses; time means after the burn-in of rmse.a and rmv.a.
+def twin_experiment(
+    setup: Setup, filt: Any, n: int, cycles: int, seeds: tuple[int, ...]
+) -> list[dict[str, float]]:
+    """Run truth + ensemble for ``cycles`` analyses, once per seed; per seed, the time means after the
+    burn-in of rmse.a and rmv.a (and rmse.u, rmv.u).
 
-    As in DAPPER, the particle filter's "a" statistics are those of the reweighted prior particles (before
-    resampling and jitter); "u" are those of the ensemble it returns. For the EnKFs both coincide.
+    The seeds share nothing but the model call: their truths and ensembles are stepped as one batch (the
+    model acts row by row, so this only saves Python overhead); observations, analyses and their random
+    streams are per seed. As in DAPPER, the particle filter's "a" statistics are those of the reweighted
+    prior particles (before resampling and jitter); "u" are those of the ensemble it returns. For the
+    EnKFs both coincide.
     """
-    system, dim = setup.system, len(setup.x0)
+    system, dim, k_seeds = setup.system, len(setup.x0), len(seeds)
     op = identity((dim,), noise_std=setup.noise_std)
     x0 = torch.tensor(setup.x0, dtype=F64)
     std0 = math.sqrt(setup.x0_variance)
-    truth = x0 + std0 * randn((1, dim), generator(seed, "truth"), F64)
-    ensemble = x0 + std0 * randn((n, dim), generator(seed, "ensemble"), F64)
-    obs_gen = generator(seed, "obs_noise")
-    ctx = Context(generator=generator(seed, "sampling"))
+    truths = torch.cat([x0 + std0 * randn((1, dim), generator(s, "truth"), F64) for s in seeds])
+    ensembles = [x0 + std0 * randn((n, dim), generator(s, "ensemble"), F64) for s in seeds]
+    obs_gens = [generator(s, "obs_noise") for s in seeds]
+    ctxs = [Context(generator=generator(s, "sampling")) for s in seeds]
     uniform = torch.full((n,), 1.0 / n, dtype=F64)
-    sums = {"rmse_a": 0.0, "rmv_a": 0.0, "rmse_u": 0.0, "rmv_u": 0.0}
+    sums = [{"rmse_a": 0.0, "rmv_a": 0.0, "rmse_u": 0.0, "rmv_u": 0.0} for _ in seeds]
     for k in range(cycles):
-        truth = system.step(truth, setup.steps)
-        ensemble = system.step(ensemble, setup.steps)
-        z = op.observe(truth, generator=obs_gen)[0]
-        prior_w = ctx.state.get(WEIGHTS_KEY, uniform)
-        log_w = prior_w.log() - 0.5 * ((z - ensemble) / setup.noise_std).square().sum(1)
-        prior = ensemble
-        ensemble = filt.analyse(ensemble, z, op, ctx)
-        ctx.cycle = k + 1
-        if k < setup.burn_in_cycles:
-            continue
-        u = _stats(ensemble, ctx.state.get(WEIGHTS_KEY, uniform), truth[0])
-        a = _stats(prior, torch.softmax(log_w, 0), truth[0]) if isinstance(filt, ParticleFilter) else u
-        for key, value in zip(("rmse_a", "rmv_a", "rmse_u", "rmv_u"), (*a, *u), strict=True):
-            sums[key] += value
-    return {key: value / (cycles - setup.burn_in_cycles) for key, value in sums.items()}
+        stepped = system.step(torch.cat([truths, *ensembles]), setup.steps)
+        truths, ensembles = stepped[:k_seeds], list(stepped[k_seeds:].split(n))
+        for i, ctx in enumerate(ctxs):
+            truth, prior = truths[i : i + 1], ensembles[i]
+            z = op.observe(truth, generator=obs_gens[i])[0]
+            prior_w = ctx.state.get(WEIGHTS_KEY, uniform)
+            log_w = prior_w.log() - 0.5 * ((z - prior) / setup.noise_std).square().sum(1)
+            ensembles[i] = filt.analyse(prior, z, op, ctx)
+            ctx.cycle = k + 1
+            if k < setup.burn_in_cycles:
+                continue
+            u = _stats(ensembles[i], ctx.state.get(WEIGHTS_KEY, uniform), truth[0])
+            a = _stats(prior, torch.softmax(log_w, 0), truth[0]) if isinstance(filt, ParticleFilter) else u
+            for key, value in zip(("rmse_a", "rmv_a", "rmse_u", "rmv_u"), (*a, *u), strict=True):
+                sums[i][key] += value
+    return [{key: value / (cycles - setup.burn_in_cycles) for key, value in s.items()} for s in sums]
 
 
 SEEDS_3 = (3000, 3001, 3002)
-# L63 with N = 10 has rare filter-divergence episodes (a 1000-cycle mean of 0.94 instead of ≈ 0.56 for
-# one seed in twelve): the per-seed RMSE is heavy-tailed, so these cases average twelve seeds.
+# L63 with N = 10 has rare filter-divergence episodes (seed 3000: a 1000-cycle mean of 1.01 instead of
+# ≈ 0.56): the per-seed RMSE is heavy-tailed, so these cases take the median of twelve seeds.
 SEEDS_12 = tuple(range(3000, 3012))
 
-# (name, setup, filter, N, seeds, DAPPER rmse.a (mean over its 3 seeds), DAPPER rmv.a)
+# (name, setup, filter, N, seeds, DAPPER rmse.a (mean over its 3 seeds), its seed-to-seed std, rmv.a)
 CASES = [
-    ("L96 EnKF-Sqrt N=40", sakov2008, EnKF("sqrt", inflation=1.02, rotate=True), 40, SEEDS_3, 0.185, 0.205),
-    ("L96 EnKF-PertObs N=40", sakov2008, EnKF("pertobs", inflation=1.06), 40, SEEDS_3, 0.224, 0.244),
-    (
-        "L96 LETKF N=40 loc_rad=4",
-        sakov2008,
-        LETKF(radius=DAPPER_GC_FACTOR * 4, inflation=1.02, rotate=True),
-        40,
-        SEEDS_3,
-        0.204,
-        0.224,
-    ),
-    ("L63 EnKF-Sqrt N=10", sakov2012, EnKF("sqrt", inflation=1.02, rotate=True), 10, SEEDS_12, 0.572, 0.640),
-    ("L63 EnKF-PertObs N=10", sakov2012, EnKF("pertobs", inflation=1.04), 10, SEEDS_12, 0.645, 0.670),
-    (
-        "L63 PF N=100 reg=2.4 NER=0.3",
-        sakov2012,
-        ParticleFilter(resampling="systematic", reg=2.4, ess_threshold=0.3),
-        100,
-        SEEDS_3,
-        0.369,
-        0.522,
-    ),
-]
+    ("L96 EnKF-Sqrt N=40", sakov2008, EnKF("sqrt", inflation=1.02, rotate=True), 40, SEEDS_3, 0.185, 0.010, 0.205),
+    ("L96 EnKF-PertObs N=40", sakov2008, EnKF("pertobs", inflation=1.06), 40, SEEDS_3, 0.224, 0.007, 0.244),
+    ("L96 LETKF N=40 loc_rad=4", sakov2008, LETKF(radius=DAPPER_GC_FACTOR * 4, inflation=1.02, rotate=True), 40,
+     SEEDS_3, 0.204, 0.010, 0.224),
+    ("L63 EnKF-Sqrt N=10", sakov2012, EnKF("sqrt", inflation=1.02, rotate=True), 10, SEEDS_12, 0.572, 0.011, 0.640),
+    ("L63 EnKF-PertObs N=10", sakov2012, EnKF("pertobs", inflation=1.04), 10, SEEDS_12, 0.645, 0.024, 0.670),
+    ("L63 PF N=100 reg=2.4 NER=0.3", sakov2012, ParticleFilter(resampling="systematic", reg=2.4, ess_threshold=0.3),
+     100, SEEDS_3, 0.369, 0.025, 0.522),
+]  # fmt: skip
+
+
+def band(sd: float, n_seeds: int) -> float:
+    """Three standard deviations of (the median of our ``n_seeds`` seeds − DAPPER's 3-seed mean) for a
+    per-seed std ``sd``: the median's std is √(π/2)·sd/√n for Gaussian seeds."""
+    return 3.0 * sd * math.sqrt(math.pi / 2 / n_seeds + 1.0 / 3.0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "setup", "filt", "n", "seeds", "rmse_dapper", "rmv_dapper"), CASES)
-def test_matches_dapper(name, setup, filt, n, seeds, rmse_dapper, rmv_dapper):
-    """rmse.a (mean over seeds, 1000 cycles each) within ±0.03 of DAPPER's; rmv.a within 15 %."""
-    runs = [twin_experiment(setup(), filt, n, 1000, seed) for seed in seeds]
-    rmse = sum(r["rmse_a"] for r in runs) / len(runs)
-    rmv = sum(r["rmv_a"] for r in runs) / len(runs)
+@pytest.mark.parametrize(
+    ("name", "setup", "filt", "n", "seeds", "rmse_dapper", "sd_dapper", "rmv_dapper"), CASES
+)
+def test_matches_dapper(name, setup, filt, n, seeds, rmse_dapper, sd_dapper, rmv_dapper):
+    """rmse.a (median over seeds, 1000 cycles each) within ``band`` of DAPPER's mean (the band comes from
+    DAPPER's seed-to-seed spread, spec/anchors.md §1.2); rmv.a within 15 %. The median, because a rare
+    divergence episode makes the per-seed RMSE heavy-tailed (L63 N = 10: one seed in twelve at ≈ 1.0)."""
+    runs = twin_experiment(setup(), filt, n, 1000, seeds)
+    rmse = statistics.median(r["rmse_a"] for r in runs)
+    rmv = statistics.median(r["rmv_a"] for r in runs)
     per_seed = ", ".join(f"{r['rmse_a']:.3f}" for r in runs)
     report = f"{name}: rmse.a {rmse:.3f} (DAPPER {rmse_dapper}; seeds {per_seed}), rmv.a {rmv:.3f} (DAPPER {rmv_dapper})"
     print(report)
-    assert abs(rmse - rmse_dapper) <= BAND, report
+    assert abs(rmse - rmse_dapper) <= band(sd_dapper, len(seeds)), (
+        f"{report}; band {band(sd_dapper, len(seeds)):.3f}"
+    )
     assert abs(rmv - rmv_dapper) <= 0.15 * rmv_dapper, report

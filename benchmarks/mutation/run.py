@@ -6,7 +6,7 @@ mutant is written into a scratch copy of the repository and the fast tests that 
 module run against it (``pytest -x -m "not slow"``); a mutant is *killed* when they fail or time out and
 *survives* when they pass. The score is killed / (killed + survived).
 
-Usage (from the repository root; one mutant at a time, so it can run beside other work):
+Usage (from the repository root; ``--jobs 2`` runs two mutants at once, each in its own copy):
 
     .venv/bin/python benchmarks/mutation/run.py                       # every target module
     .venv/bin/python benchmarks/mutation/run.py masf/metrics.py       # some modules
@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,9 +179,13 @@ def apply(source: str, mutant: Mutant) -> str:
             if ast.get_source_segment(source, node) != mutant.original:
                 continue
             lines = source.splitlines(keepends=True)
-            start = sum(len(x) for x in lines[: node.lineno - 1]) + _byte_to_char(lines[node.lineno - 1], node.col_offset)
+            start = sum(len(x) for x in lines[: node.lineno - 1]) + _byte_to_char(
+                lines[node.lineno - 1], node.col_offset
+            )
             end_line = lines[node.end_lineno - 1]
-            end = sum(len(x) for x in lines[: node.end_lineno - 1]) + _byte_to_char(end_line, node.end_col_offset)
+            end = sum(len(x) for x in lines[: node.end_lineno - 1]) + _byte_to_char(
+                end_line, node.end_col_offset
+            )
             return source[:start] + mutant.mutated + source[end:]
     raise LookupError(f"mutant {mutant.key} not found in the source")
 
@@ -199,7 +204,9 @@ def tests_for(module: str) -> list[str]:
         patterns.append(rf"from {re.escape(dotted)} import")
     if package in {"masf.filters", "masf.operators", "masf.diffusion"}:
         patterns.append(rf"from {re.escape(package)} import")
-    chosen = [t for t in (REPO / "tests").glob("test_*.py") if any(re.search(p, t.read_text()) for p in patterns)]
+    chosen = [
+        t for t in (REPO / "tests").glob("test_*.py") if any(re.search(p, t.read_text()) for p in patterns)
+    ]
     # the module's own tests first (a mutant is usually killed there, and -x stops), then small files first
     chosen.sort(key=lambda t: (leaf.removeprefix("_") not in t.stem, t.stat().st_size, t.name))
     return [str(t.relative_to(REPO)) for t in chosen]
@@ -211,7 +218,9 @@ def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, float]
                "-p", "no:xdist", "--timeout", str(int(timeout)), *tests]  # fmt: skip
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout + 30)
+        done = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout + 30
+        )
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - start
     seconds = time.perf_counter() - start
@@ -266,7 +275,9 @@ def write_report(records: dict[str, dict], equivalent: dict[str, str]) -> None:
     for r in sorted(records.values(), key=lambda r: (r["module"], r["line"], r["col"])):
         if r["status"] == "survived":
             note = equivalent.get(r["key"], "not yet killed")
-            lines.append(f"| `{r['module']}:{r['line']}` | `{r['original'][:60]}` → `{r['mutated'][:60]}` | {note} |")
+            lines.append(
+                f"| `{r['module']}:{r['line']}` | `{r['original'][:60]}` → `{r['mutated'][:60]}` | {note} |"
+            )
     (HERE / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -275,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module files (default: every target under masf/)")
     parser.add_argument("--sample", type=int, default=0, help="run a uniform random sample of K mutants")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (each in its own copy)")
     parser.add_argument("--list", action="store_true", help="only count the mutants per module")
     parser.add_argument("--rerun", action="store_true", help="run mutants that already have a result again")
-    parser.add_argument("--check", action="store_true", help="only check that every mutant applies and compiles")
+    parser.add_argument(
+        "--check", action="store_true", help="only check that every mutant applies and compiles"
+    )
     args = parser.parse_args(argv)
 
     paths = [REPO / m for m in args.modules] if args.modules else []
@@ -289,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for p in paths:
             module = str(p.relative_to(REPO))
-            print(f"{module}: {sum(1 for m in mutants if m.module == module)} mutants, tests {tests_for(module)}")
+            print(
+                f"{module}: {sum(1 for m in mutants if m.module == module)} mutants, tests {tests_for(module)}"
+            )
         print(f"total {len(mutants)}")
         return 0
     if args.check:
@@ -298,44 +314,72 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(mutants)} mutants apply and compile")
         return 0
     if args.sample:
-        mutants = sorted(random.Random(args.seed).sample(mutants, min(args.sample, len(mutants))), key=lambda m: m.key)
+        mutants = sorted(
+            random.Random(args.seed).sample(mutants, min(args.sample, len(mutants))), key=lambda m: m.key
+        )
 
     results_path = HERE / "results.json"
     records = load(results_path)
     equivalent = {k: v["reason"] for k, v in load(HERE / "equivalent.json").items()}
-    root = scratch_copy()
+    todo = [m for m in mutants if args.rerun or m.key not in records]
+    lock = threading.Lock()
     baseline: dict[str, float] = {}
-    try:
-        for i, mutant in enumerate(mutants, 1):
-            if mutant.key in records and not args.rerun:
-                continue
-            tests = tests_for(mutant.module)
-            if not tests:
-                mutant.status = "survived"
-            else:
-                key = " ".join(tests)
-                if key not in baseline:
-                    status, seconds = run_tests(root, tests, timeout=1200)
-                    if status != "survived":
-                        raise SystemExit(f"the unmutated tests do not pass for {mutant.module}: {status}")
-                    baseline[key] = seconds
-                target = root / mutant.module
-                original = target.read_text()
-                target.write_text(apply(original, mutant))
-                try:
-                    mutant.status, mutant.seconds = run_tests(root, tests, timeout=max(60.0, 3 * baseline[key]))
-                finally:
-                    target.write_text(original)
-            records[mutant.key] = {"key": mutant.key, **asdict(mutant)}
-            print(f"[{i}/{len(mutants)}] {mutant.status:8s} {mutant.module}:{mutant.line} "
-                  f"{mutant.original[:40]!r} -> {mutant.mutated[:40]!r} ({mutant.seconds:.0f} s)", flush=True)  # fmt: skip
-            if i % 10 == 0:
-                results_path.write_text(json.dumps(sorted(records.values(), key=lambda r: r["key"]), indent=1))
-                write_report(records, equivalent)
-    finally:
+    done_count = [0]
+
+    def save() -> None:
         results_path.write_text(json.dumps(sorted(records.values(), key=lambda r: r["key"]), indent=1))
         write_report(records, equivalent)
-        shutil.rmtree(root, ignore_errors=True)
+
+    def worker(queue: list[Mutant]) -> None:
+        root = scratch_copy()
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    mutant = queue.pop(0)
+                tests = tests_for(mutant.module)
+                if not tests:
+                    mutant.status = "survived"
+                else:
+                    key = " ".join(tests)
+                    with lock:
+                        known = baseline.get(key)
+                    if known is None:
+                        status, known = run_tests(root, tests, timeout=1200)
+                        if status != "survived":  # a red suite would "kill" every mutant: stop
+                            print(f"the unmutated tests do not pass for {mutant.module} ({status}): stopping")
+                            with lock:
+                                queue.clear()
+                            return
+                        with lock:
+                            baseline[key] = known
+                    target = root / mutant.module
+                    original = target.read_text()
+                    target.write_text(apply(original, mutant))
+                    try:
+                        mutant.status, mutant.seconds = run_tests(root, tests, timeout=max(60.0, 3 * known))
+                    finally:
+                        target.write_text(original)
+                with lock:
+                    records[mutant.key] = {"key": mutant.key, **asdict(mutant)}
+                    done_count[0] += 1
+                    print(f"[{done_count[0]}/{len(todo)}] {mutant.status:8s} {mutant.module}:{mutant.line} "
+                          f"{mutant.original[:40]!r} -> {mutant.mutated[:40]!r} ({mutant.seconds:.0f} s)", flush=True)  # fmt: skip
+                    if done_count[0] % 10 == 0:
+                        save()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    threads = [threading.Thread(target=worker, args=(todo,)) for _ in range(max(1, args.jobs))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        with lock:
+            save()
     return 0
 
 
