@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import random
 import re
@@ -233,12 +234,13 @@ def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, float]
 
 def scratch_copy() -> Path:
     root = Path(tempfile.mkdtemp(prefix="masf-mutation-"))
-    for name in ("masf", "tests", "config", "pyproject.toml", "Snakefile", "rules", "profiles", "README.md"):
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():  # the working tree's tracked files, benchmarks' data aside
         src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, root / name)
+        if name.startswith("benchmarks/") or not src.is_file():
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, root / name)
     check = subprocess.run([sys.executable, "-c", "import masf; print(masf.__file__)"], cwd=root,
                            env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)  # fmt: skip
     if not check.stdout.strip().startswith(str(root)):
@@ -250,7 +252,7 @@ def load(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in json.loads(path.read_text())} if path.exists() else {}
 
 
-def write_report(records: dict[str, dict], equivalent: dict[str, str]) -> None:
+def write_report(records: dict[str, dict], equivalent: dict[str, str], population: int) -> None:
     by_module: dict[str, list[dict]] = {}
     for r in records.values():
         by_module.setdefault(r["module"], []).append(r)
@@ -271,6 +273,11 @@ def write_report(records: dict[str, dict], equivalent: dict[str, str]) -> None:
     score = total["killed"] / max(total["killed"] + total["survived"], 1)
     lines.append(f"| **all** | {total['n']} | {total['killed']} | {total['survived']} | {total['equivalent']} "
                  f"| **{100 * score:.1f} %** |")  # fmt: skip
+    n = total["killed"] + total["survived"]
+    if n:
+        low, high = wilson(total["killed"], n)
+        lines += ["", f"{total['n']} of the {population} mutants of the modules run here have a result; the score's 95 % "
+                  f"(Wilson) interval for all of them is [{100 * low:.1f} %, {100 * high:.1f} %]."]  # fmt: skip
     lines += ["", "## Survivors", "", "| module:line | original → mutated | note |", "|---|---|---|"]
     for r in sorted(records.values(), key=lambda r: (r["module"], r["line"], r["col"])):
         if r["status"] == "survived":
@@ -279,6 +286,14 @@ def write_report(records: dict[str, dict], equivalent: dict[str, str]) -> None:
                 f"| `{r['module']}:{r['line']}` | `{r['original'][:60]}` → `{r['mutated'][:60]}` | {note} |"
             )
     (HERE / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k/n."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             compile(apply((REPO / m.module).read_text(), m), m.module, "exec")
         print(f"{len(mutants)} mutants apply and compile")
         return 0
+    population = len(mutants)
     if args.sample:
         mutants = sorted(
             random.Random(args.seed).sample(mutants, min(args.sample, len(mutants))), key=lambda m: m.key
@@ -321,14 +337,20 @@ def main(argv: list[str] | None = None) -> int:
     results_path = HERE / "results.json"
     records = load(results_path)
     equivalent = {k: v["reason"] for k, v in load(HERE / "equivalent.json").items()}
-    todo = [m for m in mutants if args.rerun or m.key not in records]
+    if args.report:
+        write_report(records, equivalent, population)
+        return 0
+    if args.survivors:
+        mutants = [m for m in mutants if records.get(m.key, {}).get("status") == "survived"]
+    todo = [m for m in mutants if args.rerun or args.survivors or m.key not in records]
+    total = len(todo)
     lock = threading.Lock()
     baseline: dict[str, float] = {}
     done_count = [0]
 
     def save() -> None:
         results_path.write_text(json.dumps(sorted(records.values(), key=lambda r: r["key"]), indent=1))
-        write_report(records, equivalent)
+        write_report(records, equivalent, population)
 
     def worker(queue: list[Mutant]) -> None:
         root = scratch_copy()
@@ -364,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 with lock:
                     records[mutant.key] = {"key": mutant.key, **asdict(mutant)}
                     done_count[0] += 1
-                    print(f"[{done_count[0]}/{len(todo)}] {mutant.status:8s} {mutant.module}:{mutant.line} "
+                    print(f"[{done_count[0]}/{total}] {mutant.status:8s} {mutant.module}:{mutant.line} "
                           f"{mutant.original[:40]!r} -> {mutant.mutated[:40]!r} ({mutant.seconds:.0f} s)", flush=True)  # fmt: skip
                     if done_count[0] % 10 == 0:
                         save()
