@@ -119,6 +119,14 @@ def test_from_stats():
     norm = Normalizer.from_stats(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]), state_ndim=3, eps=0.0)
     x = torch.ones(1, 2, 2, 2)
     torch.testing.assert_close(norm.norm_x(x)[0, :, 0, 0], torch.tensor([0.0, -0.25]))
+    assert norm.same and not Normalizer.from_stats(0.0, 1.0, z_mean=0.5).same
+    separate = Normalizer.from_stats(
+        torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]), z_mean=torch.tensor([0.5, -1.0]),
+        z_std=torch.tensor([0.5, 3.0]), state_ndim=3, eps=0.0,
+    )  # fmt: skip
+    assert not separate.same
+    torch.testing.assert_close(separate.norm_z(x)[0, :, 0, 0], torch.tensor([1.0, 2.0 / 3.0]))
+    torch.testing.assert_close(separate.norm_x(x)[0, :, 0, 0], torch.tensor([0.0, -0.25]))
     with pytest.raises(ValueError, match="state_ndim"):
         Normalizer.from_stats(torch.zeros(2), torch.ones(2))
     with pytest.raises(ValueError, match="z_std"):

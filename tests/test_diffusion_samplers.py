@@ -52,6 +52,10 @@ def test_prior_score_exact_gaussian(t):
     torch.testing.assert_close(score.reshape(4, 8), grad, rtol=1e-8, atol=1e-8)
     wrong = prior_score(proc, xs, x0_hat, t, include_B=False)
     assert (wrong.reshape(4, 8) - grad).abs().max() > 1.0
+    # the reference's eps is added to the variance: −(x − A x̂ − B)/(Σ + eps)
+    damped = prior_score(proc, xs, x0_hat, t, eps=0.3)
+    expected = -(xs - proc.A(t) * x0_hat - proc.B(t)) / (proc.Sigma(t) + 0.3)
+    torch.testing.assert_close(damped, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_gaussian_denoiser_per_member_times():
