@@ -7,6 +7,7 @@ import torch
 from masf.assimilate import run
 from masf.filters import Context, make_filter
 from masf.filters.masf import MASF
+from masf.filters.score_common import STATE_KEY
 from masf.operators import Sigmoid, every_kth, grid_mask
 from masf.rng import generator
 from masf.systems import LinearGaussian, Lorenz96
@@ -42,6 +43,10 @@ def test_factory_and_operator_check():
         MASF(sampler="bridge").check_operator(Sigmoid(alpha=2.0, noise_std=0.1, state_shape=(8,)))
     with pytest.raises(ValueError, match="2-D fields"):
         MASF(sampler="nonlinear").kind((40,))
+    with pytest.raises(ValueError, match="score_model 'gaussian' needs a mask operator"):
+        MASF(sampler="nonlinear", score_model="gaussian")
+    for sampler in ("bridge", "reference"):  # the exact Gaussian x0-predictor with a mask sampler is fine
+        assert MASF(sampler=sampler, score_model="gaussian").score_model == "gaussian"
 
 
 def _kalman(system, mask, sigma, obs, mean, cov):
@@ -110,6 +115,12 @@ def test_pretrain_analyse_and_checkpoint_guard(tmp_path):
         post = f.analyse(prior, z, operator, ctx)
         assert post.shape == prior.shape and torch.isfinite(post).all()
     assert ctx.timings["sampling"] > 0 and ctx.timings["finetune"] > 0
+    # the denoiser is conditioned on the diffusion time
+    net = ctx.state[STATE_KEY].net
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        early, late = net(x, torch.full((3,), 0.1)), net(x, torch.full((3,), 0.9))
+    assert float((early - late).abs().max()) > 1e-6  # exactly 0 for a time-free net
     # observed entries are pulled to the measurement (bridge starts from z on them)
     obs_idx = operator.observed_index()
     assert (post[:, obs_idx].mean(0) - z[obs_idx]).abs().mean() < (

@@ -273,3 +273,12 @@ def test_cuda_matches_cpu(op):
     assert zg.device.type == "cuda" and zg.dtype == torch.float32
     torch.testing.assert_close(op.jvp(xc, vc).cpu(), op.jvp(x, v), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(op.vjp(xc, vc).cpu(), op.vjp(x, v), rtol=1e-12, atol=1e-12)
+
+
+def test_repr_names_the_operator_once_with_its_settings():
+    assert repr(every_kth((8,), 2, noise_std=1.0)) == (
+        "every_kth(noise_std=1.0, k=2, offset=0, n_observed=4, observed_fraction=0.5)"
+    )
+    assert (
+        repr(make_operator("sigmoid", (4,), alpha=2.0, noise_std=0.1)) == "sigmoid(noise_std=0.1, alpha=2.0)"
+    )

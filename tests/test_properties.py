@@ -4,11 +4,13 @@ the systems commute with the symmetries of their periodic domains."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from masf.filters import FILTERS, make_filter
 from masf.filters.enkf import etkf_transform
 from masf.filters.ensemble import random_rotation
 from masf.filters.localization import gaspari_cohn, local_domains
@@ -119,3 +121,14 @@ def test_kolmogorov_does_not_commute_with_a_shift_off_the_forcing_period():
     x = system.sample_initial(1, generator=torch.Generator().manual_seed(1), dtype=F64)
     rolled = system.step(torch.roll(x, 1, dims=-2), 2)
     assert float((rolled - torch.roll(system.step(x, 2), 1, dims=-2)).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_filters_are_immutable_values(name):
+    """A filter is a frozen dataclass: its settings cannot change between analyses, and two filters with
+    the same settings are equal (the pipeline keys its runs on them)."""
+    f = make_filter(name)
+    field = dataclasses.fields(f)[0].name if dataclasses.fields(f) else "anything"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(f, field, 1)
+    assert f == make_filter(name)

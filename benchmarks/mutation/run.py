@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="only count the mutants per module")
     parser.add_argument("--rerun", action="store_true", help="run mutants that already have a result again")
     parser.add_argument(
+        "--survivors", action="store_true", help="run the recorded survivors again (after new tests)"
+    )
+    parser.add_argument("--report", action="store_true", help="only rewrite report.md from results.json")
+    parser.add_argument(
         "--check", action="store_true", help="only check that every mutant applies and compiles"
     )
     args = parser.parse_args(argv)
@@ -343,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.survivors:
         mutants = [m for m in mutants if records.get(m.key, {}).get("status") == "survived"]
     todo = [m for m in mutants if args.rerun or args.survivors or m.key not in records]
+    random.Random(args.seed).shuffle(todo)  # any prefix of the run is itself a uniform sample
     total = len(todo)
     lock = threading.Lock()
     baseline: dict[str, float] = {}
@@ -388,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     done_count[0] += 1
                     print(f"[{done_count[0]}/{total}] {mutant.status:8s} {mutant.module}:{mutant.line} "
                           f"{mutant.original[:40]!r} -> {mutant.mutated[:40]!r} ({mutant.seconds:.0f} s)", flush=True)  # fmt: skip
-                    if done_count[0] % 10 == 0:
-                        save()
+                    save()  # after every mutant: a killed run loses nothing
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
