@@ -132,3 +132,18 @@ def test_filters_are_immutable_values(name):
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(f, field, 1)
     assert f == make_filter(name)
+
+
+def test_random_rotations_are_haar_in_the_complement_of_the_mean():
+    """E[Q] = 11ᵀ/N for Haar-distributed Ω (the mean of a Haar orthogonal matrix is 0); QR without the
+    sign correction of R's diagonal, or with it applied to the wrong side, biases the diagonal."""
+    n, draws = 5, 4000
+    total = torch.zeros(n, n, dtype=F64)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(draws):
+        total += random_rotation(n, gen, torch.zeros(1, dtype=F64))
+    mean = total / draws
+    # each entry of Ω has variance 1/(N−1); 5 standard errors of the mean
+    torch.testing.assert_close(
+        mean, torch.full((n, n), 1.0 / n, dtype=F64), rtol=0, atol=5 / math.sqrt((n - 1) * draws)
+    )

@@ -265,3 +265,20 @@ def test_particle_weights_are_the_gaussian_likelihoods(operator):
         expected = np.exp(log_w - log_w.max())
         expected /= expected.sum()
         np.testing.assert_allclose(ctx.state[WEIGHTS_KEY].numpy(), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (3, 2, 7), (2, 2, 4, 5)])
+def test_channel_sum_mse_is_the_loop(shape):
+    """Squared error summed over the channel (dim 1) and averaged over batch and grid when a state has two
+    or more dims ((B, C, D), (B, C, H, W)); the plain mean for 1-D states (B, D)."""
+    from masf.filters.score_common import channel_sum_mse
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(shape, generator=g, dtype=F64), torch.randn(shape, generator=g, dtype=F64)
+    sq = ((a - b) ** 2).numpy()
+    if len(shape) == 2:
+        expected = sq.mean()
+    else:
+        rest = [idx for idx in np.ndindex(*sq.shape) if idx[1] == 0]  # one per (batch, grid point)
+        expected = np.mean([sum(sq[(i[0], c, *i[2:])] for c in range(shape[1])) for i in rest])
+    assert float(channel_sum_mse(a, b)) == pytest.approx(expected, rel=1e-12)
