@@ -207,3 +207,23 @@ def test_cuda_matches_cpu(variant):
     gpu = f.analyse(prior.cuda(), z.cuda(), op, _ctx(2))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
+
+
+def test_pertobs_centred_perturbations_have_the_stated_scale():
+    """Scalar state, one observation, N = 5: x_a,i = x_i + K(z + σζ_i − x_i) with K = P/(P + σ²) and the
+    centred perturbations rescaled by √(N/(N−1)), so E[var_a] = (1 − K)² P + K² σ² N/(N−1) (ddof 1; the
+    cross term has mean 0). Averaged over 3000 analyses of one fixed prior."""
+    n, sigma = 5, 0.8
+    prior = torch.tensor([[0.3], [1.1], [-0.4], [0.9], [2.0]], dtype=F64)
+    p = float(prior.var())
+    k = p / (p + sigma**2)
+    op = Mask(torch.ones(1), sigma)
+    gen = torch.Generator().manual_seed(0)
+    ctx = Context(generator=gen)
+    f = EnKF(variant="pertobs")
+    variances = torch.tensor(
+        [float(f.analyse(prior, torch.tensor([0.5], dtype=F64), op, ctx).var()) for _ in range(3000)]
+    )
+    expected = (1 - k) ** 2 * p + k**2 * sigma**2 * n / (n - 1)
+    se = float(variances.std()) / math.sqrt(3000)
+    assert abs(float(variances.mean()) - expected) < 5 * se, (float(variances.mean()), expected, se)

@@ -259,3 +259,16 @@ def test_cuda_matches_cpu():
     gpu = f.analyse(prior.cuda(), z.cuda(), op, _ctx(2))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
+
+
+def test_rotation_keeps_the_analysis_mean_and_covariance():
+    """rotate=True applies a mean-preserving rotation to the analysis anomalies: same mean and sample
+    covariance as without it, different members."""
+    prior = 1.5 + _randn(9, 24, seed=4)
+    z = _randn(24, seed=5)
+    op = every_kth((24,), 3, noise_std=0.6)
+    plain = LETKF(radius=3.0, inflation=1.1).analyse(prior, z, op, _ctx())
+    rotated = LETKF(radius=3.0, inflation=1.1, rotate=True).analyse(prior, z, op, _ctx())
+    assert float((plain - rotated).abs().max()) > 1e-3
+    torch.testing.assert_close(rotated.mean(0), plain.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cov(rotated.T), torch.cov(plain.T), rtol=0, atol=1e-12)

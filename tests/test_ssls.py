@@ -237,3 +237,14 @@ def test_learned_ssls_keeps_the_smoothed_data_law_without_information(tmp_path) 
     expected = (1 + (sigma * d) ** 2 / std**2).sqrt()
     assert bool(((post.mean(0) - mean).abs() < 0.3 * std).all()), post.mean(0)
     assert bool(((post.std(0) / std / expected - 1).abs() < 0.1).all()), post.std(0) / std
+
+
+def test_ssls_loss_is_zero_for_the_exact_noise_predictor_at_zero_data() -> None:
+    """x = x0 + σε with x0 = 0: the net −x/σ predicts −ε exactly, so the loss vanishes; a net that
+    returns 0 pays E‖ε‖² = 1 per entry."""
+    sigma = 0.3
+    x0 = torch.zeros(256, 4, dtype=torch.float64)
+    exact = ssls_loss(lambda x, t: -x / sigma, x0, torch.Generator().manual_seed(0), sigma=sigma)
+    assert exact.item() < 1e-20
+    zero = ssls_loss(lambda x, t: torch.zeros_like(x), x0, torch.Generator().manual_seed(0), sigma=sigma)
+    assert zero.item() == pytest.approx(1.0, abs=0.1)
