@@ -141,3 +141,21 @@ def test_reference_sampler_on_a_grid_runs_with_scratch_training():
     ctx = Context(generator=generator(1, "sampling"), train_generator=generator(1, "train"))
     post = f.analyse(prior, z, operator, ctx)
     assert post.shape == prior.shape and torch.isfinite(post).all()
+
+
+def test_dual_head_loss_known_answer():
+    """The nonlinear sampler's two-head loss is ‖x̂0 − x0‖² + ‖ĥ − (H_n(x0) + σ_n ξ)‖² (means): with
+    x0 = 0 and a net returning (0, H_n(0)) it is E[σ_n² ξ²] = σ_n²."""
+    from masf.diffusion.normalizer import Normalizer
+
+    op = Sigmoid(alpha=2.0, noise_std=0.3, state_shape=(1, 8, 8))
+    f = MASF(sampler="nonlinear")
+    process = f.process(op, Normalizer.identity())
+    x0 = torch.zeros(400, 1, 8, 8, dtype=torch.float64)
+    h0 = process.H_n(x0)
+
+    def net(x, t):
+        return torch.zeros_like(x), h0
+
+    loss = f.loss(process)(net, x0, torch.Generator().manual_seed(0))
+    assert float(loss) == pytest.approx(0.3**2, rel=0.02)

@@ -282,3 +282,47 @@ def test_channel_sum_mse_is_the_loop(shape):
         rest = [idx for idx in np.ndindex(*sq.shape) if idx[1] == 0]  # one per (batch, grid point)
         expected = np.mean([sum(sq[(i[0], c, *i[2:])] for c in range(shape[1])) for i in rest])
     assert float(channel_sum_mse(a, b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ssim_is_the_windowed_loop():
+    """SSIM (Wang et al. 2004) pixel by pixel: Gaussian weights w_uv ∝ exp(−(u² + v²)/(2s²)) over the
+    window offsets u, v ∈ [−(W−1)/2, (W−1)/2], local means, variances and covariance with periodic
+    wrap-around, C1 = (0.01 L)², C2 = (0.03 L)², L the range of the reference field."""
+    from masf.metrics import ssim
+
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(1, 9, 8, generator=g, dtype=F64)
+    a = b + 0.5 * torch.randn(1, 9, 8, generator=g, dtype=F64)
+    size, s = 5, 1.2
+    half = (size - 1) // 2
+    offsets = range(-half, half + 1)
+    weights = {(u, v): math.exp(-(u * u + v * v) / (2 * s * s)) for u in offsets for v in offsets}
+    total = sum(weights.values())
+    x, y = a[0].numpy(), b[0].numpy()
+    rng = float(b.max() - b.min())
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+    values = []
+    for i in range(9):
+        for j in range(8):
+
+            def local(f, i=i, j=j):
+                return sum(w * f((i + u) % 9, (j + v) % 8) for (u, v), w in weights.items()) / total
+
+            mx, my = local(lambda p, q: x[p, q]), local(lambda p, q: y[p, q])
+            vx = local(lambda p, q: x[p, q] ** 2) - mx**2
+            vy = local(lambda p, q: y[p, q] ** 2) - my**2
+            cxy = local(lambda p, q: x[p, q] * y[p, q]) - mx * my
+            values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    assert float(ssim(a, b, window=size, sigma=s)) == pytest.approx(np.mean(values), rel=1e-10)
+
+
+def test_ensemble_mean_is_the_loop():
+    from masf.metrics import ensemble_mean
+
+    ens, _, w = _weighted_case(3, 7, 5, seed=3)
+    plain = np.array([[np.mean([float(ens[b, i, j]) for i in range(7)]) for j in range(5)] for b in range(3)])
+    weighted = np.array(
+        [[sum(float(w[b, i] * ens[b, i, j]) for i in range(7)) for j in range(5)] for b in range(3)]
+    )
+    np.testing.assert_allclose(ensemble_mean(ens).numpy(), plain, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ensemble_mean(ens, w).numpy(), weighted, rtol=0, atol=1e-12)
