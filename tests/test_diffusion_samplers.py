@@ -239,3 +239,29 @@ def test_bad_arguments():
         GaussianDenoiser(torch.zeros(2), torch.eye(2), nl)
     with pytest.raises(ValueError, match="cov must have shape"):
         GaussianDenoiser(torch.zeros(2), torch.eye(3), proc)
+
+
+def test_reference_defaults_are_the_papers():
+    """sample(sampler="reference") without options runs with the paper's weights, include_B=True and
+    eps=1e-5: the same draws as passing them explicitly, and different from dropping B (bug B1)."""
+    proc = _affine_process()
+    mu, P = _gaussian(8)
+    den = GaussianDenoiser(mu.reshape(S2), P, proc)
+    prior = mu.reshape(S2) + torch.randn(6, *S2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    z = torch.zeros(S2, dtype=F64)
+
+    def run(**options):
+        return sample(
+            den,
+            proc,
+            z,
+            prior,
+            sampler="reference",
+            nfe=20,
+            generator=torch.Generator().manual_seed(2),
+            **options,
+        )
+
+    explicit = run(score_weights=(0.95, 1.6, 1.5), guidance_weights=(1.1, 1.5, 2.0), include_B=True, eps=1e-5)
+    torch.testing.assert_close(run(), explicit, rtol=0, atol=0)
+    assert float((run(include_B=False) - explicit).abs().max()) > 1e-3

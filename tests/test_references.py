@@ -314,6 +314,12 @@ def test_ssim_is_the_windowed_loop():
             cxy = local(lambda p, q: x[p, q] * y[p, q]) - mx * my
             values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
     assert float(ssim(a, b, window=size, sigma=s)) == pytest.approx(np.mean(values), rel=1e-10)
+    # batched, each item with its own data range: the same as one item at a time
+    pair_a, pair_b = torch.cat([a, 3.0 * a]), torch.cat([b, 3.0 * b])
+    one_by_one = torch.cat(
+        [ssim(pair_a[i : i + 1], pair_b[i : i + 1], window=size, sigma=s) for i in range(2)]
+    )
+    torch.testing.assert_close(ssim(pair_a, pair_b, window=size, sigma=s), one_by_one, rtol=1e-12, atol=0)
 
 
 def test_ensemble_mean_is_the_loop():

@@ -379,3 +379,10 @@ def test_sf_sampler_law_is_the_discrete_gaussian_recursion_at_the_configured_nfe
                 float(x[:, j].var()),
                 v,
             )
+
+
+def test_a_tol_below_one_is_accepted() -> None:
+    """Any tol > 0 is valid (the bound is exclusive at 0, not at 1): a run with tol 0.5 stays finite."""
+    kwargs = dict(nfe=5, sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = sample_reverse_sde(_gaussian_ve_score(MEAN, VAR), 200, (4,), tol=0.5, **kwargs)
+    assert bool(torch.isfinite(x).all())
