@@ -227,3 +227,10 @@ def test_pertobs_centred_perturbations_have_the_stated_scale():
     expected = (1 - k) ** 2 * p + k**2 * sigma**2 * n / (n - 1)
     se = float(variances.std()) / math.sqrt(3000)
     assert abs(float(variances.mean()) - expected) < 5 * se, (float(variances.mean()), expected, se)
+
+
+@pytest.mark.parametrize("variant", ["sqrt", "pertobs"])
+def test_measurement_of_the_wrong_shape_is_refused(variant):
+    prior = _ensemble(8, 2)
+    with pytest.raises(ValueError, match=r"z must be shaped \(6,\)"):
+        EnKF(variant=variant).analyse(prior, torch.zeros(5, dtype=F64), Mask(MASK6, SIGMA), _ctx())

@@ -386,3 +386,12 @@ def test_a_tol_below_one_is_accepted() -> None:
     kwargs = dict(nfe=5, sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(0), dtype=F64)
     x = sample_reverse_sde(_gaussian_ve_score(MEAN, VAR), 200, (4,), tol=0.5, **kwargs)
     assert bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("data", [torch.zeros(16), torch.zeros(8, 4, dtype=torch.int64)])
+def test_pretraining_refuses_data_that_is_not_a_float_batch(data, tmp_path) -> None:
+    op = make_operator("identity", (4,), noise_std=1.0)
+    with pytest.raises(ValueError, match=r"data must be a float tensor \(M, \*S\)"):
+        SF(pretrain_epochs=1).pretrain(
+            data, op, checkpoint=str(tmp_path / "x.pt"), generator=torch.Generator()
+        )

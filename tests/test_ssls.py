@@ -248,3 +248,11 @@ def test_ssls_loss_is_zero_for_the_exact_noise_predictor_at_zero_data() -> None:
     assert exact.item() < 1e-20
     zero = ssls_loss(lambda x, t: torch.zeros_like(x), x0, torch.Generator().manual_seed(0), sigma=sigma)
     assert zero.item() == pytest.approx(1.0, abs=0.1)
+
+
+def test_stationary_variance_refuses_an_unstable_chain() -> None:
+    """decay 0: a = 1 − h/v, unstable from h = 2v on (|a| >= 1), including 1 < |a| < 2."""
+    assert stationary_variance(1.0, 1.9, 0.0) == pytest.approx(2 * 1.9 / (1 - 0.9**2))
+    for step in (2.0, 2.5):
+        with pytest.raises(ValueError, match="unstable"):
+            stationary_variance(1.0, step, 0.0)
