@@ -265,3 +265,13 @@ def test_reference_defaults_are_the_papers():
     explicit = run(score_weights=(0.95, 1.6, 1.5), guidance_weights=(1.1, 1.5, 2.0), include_B=True, eps=1e-5)
     torch.testing.assert_close(run(), explicit, rtol=0, atol=0)
     assert float((run(include_B=False) - explicit).abs().max()) > 1e-3
+
+
+def test_score_and_guidance_weight_known_values():
+    """w_s(s) = lo + (hi − lo) s^p and w_g(s) = lo + (hi − lo)(1 − s)^p on [0, 1], clipped outside."""
+    from masf.diffusion.samplers import guidance_weight, score_weight
+
+    assert score_weight(0.25, (0.95, 1.6, 1.5)) == pytest.approx(0.95 + 0.65 * 0.25**1.5)
+    assert guidance_weight(0.25, (1.1, 1.5, 2.0)) == pytest.approx(1.1 + 0.4 * 0.75**2)
+    assert guidance_weight(1.7, (1.1, 1.5, 2.0)) == pytest.approx(1.1)
+    assert score_weight(-0.5, (0.95, 1.6, 1.5)) == pytest.approx(0.95)

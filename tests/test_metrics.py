@@ -77,3 +77,10 @@ def test_bad_shapes_raise():
         metrics.rmse(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="at least 2"):
         metrics.spread(torch.zeros(1, 1, 3))
+
+
+def test_ssim_refuses_fields_of_different_or_wrong_shape():
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.ssim(torch.zeros(1, 8, 8), torch.zeros(1, 8, 9))
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.ssim(torch.zeros(8, 8), torch.zeros(8, 8))

@@ -382,9 +382,14 @@ def test_sf_sampler_law_is_the_discrete_gaussian_recursion_at_the_configured_nfe
 
 
 def test_a_tol_below_one_is_accepted() -> None:
-    """Any tol > 0 is valid (the bound is exclusive at 0, not at 1): a run with tol 0.5 stays finite."""
+    """Any tol > 0 and σ_max > 1 are valid: runs with tol 0.5 or σ_max 1.5 stay finite."""
     kwargs = dict(nfe=5, sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(0), dtype=F64)
     x = sample_reverse_sde(_gaussian_ve_score(MEAN, VAR), 200, (4,), tol=0.5, **kwargs)
+    assert bool(torch.isfinite(x).all())
+    # and any σ_max > 1 (here 1.5, below 2)
+    x = sample_reverse_sde(
+        _gaussian_ve_score(MEAN, VAR), 200, (4,), tol=100.0, **{**kwargs, "sigma_max": 1.5}
+    )
     assert bool(torch.isfinite(x).all())
 
 
