@@ -117,6 +117,7 @@ def test_pretrain_analyse_and_checkpoint_guard(tmp_path):
     assert ctx.timings["sampling"] > 0 and ctx.timings["finetune"] > 0
     # the denoiser is conditioned on the diffusion time
     net = ctx.state[STATE_KEY].net
+    assert net.config["time_conditioned"]
     x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         early, late = net(x, torch.full((3,), 0.1)), net(x, torch.full((3,), 0.9))
@@ -141,6 +142,7 @@ def test_reference_sampler_on_a_grid_runs_with_scratch_training():
     ctx = Context(generator=generator(1, "sampling"), train_generator=generator(1, "train"))
     post = f.analyse(prior, z, operator, ctx)
     assert post.shape == prior.shape and torch.isfinite(post).all()
+    assert ctx.state[STATE_KEY].net.config["time_conditioned"]  # a denoiser of (x_t, t), also from scratch
 
 
 def test_dual_head_loss_known_answer():
