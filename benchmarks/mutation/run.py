@@ -345,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(records, equivalent, population)
         return 0
     if args.survivors:
-        mutants = [m for m in mutants if records.get(m.key, {}).get("status") == "survived"]
+        mutants = [
+            m
+            for m in mutants
+            if records.get(m.key, {}).get("status") == "survived" and m.key not in equivalent
+        ]
     todo = [m for m in mutants if args.rerun or args.survivors or m.key not in records]
     random.Random(args.seed).shuffle(todo)  # any prefix of the run is itself a uniform sample
     total = len(todo)
