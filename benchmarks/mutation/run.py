@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import math
 import os
@@ -195,7 +196,8 @@ def _byte_to_char(line: str, offset: int) -> int:
     return len(line.encode()[:offset].decode())
 
 
-def tests_for(module: str) -> list[str]:
+@functools.cache
+def tests_for(module: str) -> tuple[str, ...]:
     """The test files that import the module (by dotted name or, for a package's ``__init__``, the
     package), or use a name the package exports through ``make_filter`` / ``make_operator`` / ``sample``."""
     dotted = module.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
@@ -210,10 +212,10 @@ def tests_for(module: str) -> list[str]:
     ]
     # the module's own tests first (a mutant is usually killed there, and -x stops), then small files first
     chosen.sort(key=lambda t: (leaf.removeprefix("_") not in t.stem, t.stat().st_size, t.name))
-    return [str(t.relative_to(REPO)) for t in chosen]
+    return tuple(str(t.relative_to(REPO)) for t in chosen)
 
 
-def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, float]:
+def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "no:cacheprovider",
                "-p", "no:xdist", "--timeout", str(int(timeout)), *tests]  # fmt: skip
