@@ -108,3 +108,26 @@ def test_non_finite_loss_is_an_error():
 
     with pytest.raises(FloatingPointError, match="non-finite fine-tuning loss"):
         trainer.fit_cycle(torch.zeros(4, 2), None, bad, 2, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("update", ["fixed", "adaptive"])
+def test_finetuning_refits_an_adaptive_normalizer_on_the_forecast_and_keeps_a_fixed_one(update):
+    """finetune_model refits an ``adaptive`` normalizer on the forecast members before training; a
+    ``fixed`` one keeps the statistics of its first fit (the pretraining climatology)."""
+    from masf.diffusion import Normalizer
+    from masf.filters.base import Context
+    from masf.filters.masf import MASF
+    from masf.filters.score_common import ScoreModel, finetune_model
+
+    g = torch.Generator().manual_seed(0)
+    climatology = torch.randn(200, 4, generator=g)
+    forecast = 3.0 + 0.5 * torch.randn(10, 4, generator=g)
+    normalizer = Normalizer("affine", update).fit(climatology)
+    net = make_network("mlp", (4,), width=8, num_blocks=1, generator=torch.Generator().manual_seed(1))
+    model = ScoreModel(net=net, normalizer=normalizer)
+    ctx = Context(generator=torch.Generator().manual_seed(2), cycle=1, train_generator=torch.Generator())
+    f = MASF(finetune_epochs=1, finetune_batch=5, finetune_replay=0.0)
+    finetune_model(model, forecast, _mse_loss, ctx, f)
+    expected = Normalizer("affine").fit(forecast if update == "adaptive" else climatology)
+    torch.testing.assert_close(model.normalizer.x_shift, expected.x_shift)
+    torch.testing.assert_close(model.normalizer.x_scale, expected.x_scale)
