@@ -196,17 +196,58 @@ def _byte_to_char(line: str, offset: int) -> int:
     return len(line.encode()[:offset].decode())
 
 
+def _dotted(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
 @functools.cache
-def tests_for(module: str) -> tuple[str, ...]:
-    """The test files that import the module (by dotted name or, for a package's ``__init__``, the
-    package), or use a name the package exports through ``make_filter`` / ``make_operator`` / ``sample``."""
-    dotted = module.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+def _imports() -> dict[str, set[str]]:
+    """For every module of ``masf``, the ``masf`` modules it imports (``from masf.x import y`` counts
+    ``masf.x`` and, when it exists, ``masf.x.y``)."""
+    modules = {_dotted(p) for p in (REPO / "masf").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in (REPO / "masf").rglob("*.py"):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[_dotted(path)] = found & modules
+    return graph
+
+
+def _dependents(dotted: str) -> set[str]:
+    """``dotted`` and every ``masf`` module that imports it, directly or through others."""
+    graph, seen, todo = _imports(), {dotted}, [dotted]
+    while todo:
+        current = todo.pop()
+        for name, deps in graph.items():
+            if current in deps and name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def _patterns(dotted: str) -> list[str]:
     package, _, leaf = dotted.rpartition(".")
     patterns = [rf"\b{re.escape(dotted)}\b", rf"from {re.escape(package)} import [^\n]*\b{leaf}\b"]
-    if module.endswith("__init__.py"):
+    if (REPO / dotted.replace(".", "/") / "__init__.py").exists():
         patterns.append(rf"from {re.escape(dotted)} import")
     if package in {"masf.filters", "masf.operators", "masf.diffusion"}:
         patterns.append(rf"from {re.escape(package)} import")
+    return patterns
+
+
+@functools.cache
+def tests_for(module: str) -> tuple[str, ...]:
+    """The test files that import the module or any ``masf`` module that imports it (transitively): by
+    dotted name, by ``from package import leaf``, or, inside ``masf.filters`` / ``masf.operators`` /
+    ``masf.diffusion``, any import from the package (their ``make_filter`` / ``make_operator`` /
+    ``sample`` reach every member)."""
+    dotted = module.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+    leaf = dotted.rpartition(".")[2]
+    patterns = [p for name in sorted(_dependents(dotted)) for p in _patterns(name)]
     chosen = [
         t for t in (REPO / "tests").glob("test_*.py") if any(re.search(p, t.read_text()) for p in patterns)
     ]
