@@ -5,8 +5,9 @@ Timeline (DAPPER's convention): the initial ensemble describes the state at time
 ensemble ``steps_per_cycle`` steps, then analyses it with ``observations[k]``. ``truth[k]`` is the true
 state at the time of observation ``k``.
 
-A run stops early with status ``diverged`` when the ensemble becomes non-finite (or a filter's linear
-algebra fails on it); the cycles it did not reach are NaN. It never returns garbage as ``ok``.
+A run stops early with status ``diverged`` when the ensemble or a particle filter's weights become
+non-finite (or a filter's linear algebra fails on it); the cycles it did not reach are NaN. It never
+returns garbage as ``ok``.
 """
 
 from __future__ import annotations
@@ -249,6 +250,9 @@ def run(
             status, reason = "diverged", f"non-finite analysis at cycle {k}"
             break
         weights = _weights(ctx, n_members)
+        if weights is not None and not bool(torch.isfinite(weights).all()):
+            status, reason = "diverged", f"non-finite particle weights at cycle {k}"
+            break
         mean = metrics.ensemble_mean(ensemble.unsqueeze(0), weights)[0]
         mean_out[k] = mean.detach().cpu()
         if members_out is not None:

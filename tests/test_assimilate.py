@@ -162,3 +162,18 @@ def test_forecast_frames_and_the_papers_all_frames_rmse():
     assert np.isnan(frames_rmse(ds, "diverged"))
     with pytest.raises(ValueError, match="truth_steps must be shaped"):
         run(system, op, f, obs, ens, truth=truth, truth_steps=truth_steps[:-1], steps_per_cycle=spc)
+
+
+def test_a_nan_observation_makes_the_particle_filter_diverge_not_ok():
+    """One NaN in the observations turns the particle weights into NaN while the particles stay finite:
+    the run must say ``diverged`` at that cycle, not ``ok`` with a plausible RMSE."""
+    from masf.filters.particle import ParticleFilter
+    from masf.operators import identity
+
+    obs = torch.zeros(4, 3)
+    obs[2, 1] = float("nan")
+    ens = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    ds = run(Drift(), identity((3,), noise_std=1.0), ParticleFilter(), obs, ens, truth=torch.zeros(4, 3))
+    assert ds.attrs["status"] == "diverged"
+    assert ds.attrs["status_reason"] == "non-finite particle weights at cycle 2"
+    assert np.isfinite(ds["rmse"].values[:2]).all() and np.isnan(ds["rmse"].values[2:]).all()
