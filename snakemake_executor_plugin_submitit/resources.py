@@ -77,6 +77,19 @@ def parse_slurm_extra(extra: str) -> dict[str, str | bool]:
     return parameters
 
 
+def _text(name: str, value: Any) -> str:
+    """Resource ``name`` as a string; refuse control characters (a newline would become a line of the
+    batch script that submitit writes)."""
+    text = str(value)
+    bad = sorted({f"U+{ord(c):04X}" for c in text if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ResourceError(
+            f"resource {name}={text!r} contains control characters ({', '.join(bad)}); "
+            "write it on one line without tabs or newlines."
+        )
+    return text
+
+
 def _positive_int(resources: Mapping[str, Any], name: str) -> int | None:
     """Return resource ``name`` as an int (``None`` if absent); refuse values that are not whole numbers."""
     value = resources.get(name)
@@ -108,7 +121,8 @@ def submitit_parameters(
     Raises
     ------
     ResourceError
-        A resource has a value that cannot be submitted (not a number, a reserved flag in ``slurm_extra``).
+        A resource has a value that cannot be submitted (not a number, a reserved flag in ``slurm_extra``,
+        a control character such as a newline in a string).
     """
     parameters: dict[str, Any] = {"cpus_per_task": max(1, int(threads))}
     runtime = _positive_int(resources, "runtime")
@@ -132,10 +146,10 @@ def submitit_parameters(
     ):
         value = resources.get(resource)
         if value not in (None, ""):
-            parameters[parameter] = str(value)
+            parameters[parameter] = _text(resource, value)
     extra = resources.get("slurm_extra")
     if extra:
-        parameters["slurm_additional_parameters"] = parse_slurm_extra(str(extra))
+        parameters["slurm_additional_parameters"] = parse_slurm_extra(_text("slurm_extra", extra))
     return parameters
 
 

@@ -144,6 +144,14 @@ def test_non_numeric_resource_is_refused_with_its_name():
         submitit_parameters({"runtime": "1h30"}, threads=1)
 
 
+@pytest.mark.parametrize("resource", ["slurm_account", "slurm_partition", "constraint", "qos", "slurm_extra"])
+@pytest.mark.parametrize("value", ["gpu\n#SBATCH --exclusive", "a\tb", "x\r"])
+def test_control_characters_in_string_resources_are_refused(resource, value):
+    """A newline in a string resource would become a line of the batch script that submitit writes."""
+    with pytest.raises(ResourceError, match=rf"resource {resource}=.* contains control characters \(U\+"):
+        submitit_parameters({resource: value}, threads=1)
+
+
 # ---- cluster checks ----------------------------------------------------------------------------------
 
 SINFO = "debug* (null)\ngpu gpu:a100:4\ngpu gpu:v100:2(S:0-1)\nbig (null)\n"
