@@ -197,7 +197,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import torch
 
-    from masf.io import read_dataset
+    from masf.io import fsync_dir, read_dataset
     from masf.rng import generator
     from masf.train import StopOnSignal
 
@@ -222,7 +222,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             stop=stop,
         )
-    os.replace(partial, args.out)
+    os.replace(partial, args.out)  # the partial checkpoint is already fsynced (atomic_torch_save)
+    fsync_dir(Path(args.out).parent)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Files: atomic writes of NetCDF datasets and other outputs, and reading them back.
 
-Every output is first written to a temporary file in the destination folder, then renamed with
-``os.replace`` (atomic on POSIX within one file system). A job killed half-way therefore leaves either the
-old file, or no file, never a truncated one that looks complete.
+Every output is first written to a temporary file in the destination folder, flushed to disk (fsync),
+then renamed with ``os.replace`` (atomic on POSIX within one file system), and the folder is fsynced so
+the rename itself survives a crash. A job killed half-way, or a node that loses power, therefore leaves
+either the old file or no file, never a truncated one that looks complete.
 """
 
 from __future__ import annotations
@@ -17,9 +18,33 @@ from typing import Any
 import xarray as xr
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush the contents of the file at ``path`` to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    """Yield a temporary path beside ``path``; on success fsync it, rename it to ``path`` and fsync the
+    folder; on error delete it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # leftovers of a killed earlier attempt at the same file (one writer per target under Snakemake)
@@ -33,7 +58,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp
+        fsync_file(tmp)
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

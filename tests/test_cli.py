@@ -123,6 +123,32 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
     assert back.attrs["flag"] == 1 and back.attrs["none"] == ""
 
 
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+
+    import masf.io
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(masf.io.os, "fsync", fsync)
+    monkeypatch.setattr(masf.io.os, "replace", replace)
+    target = tmp_path / "out.txt"
+    masf.io.write_text("done", target)
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert Path(events[0][1]).name.startswith(".out.txt.") and events[0][1].endswith(".tmp")
+    assert events[1][1] == str(target) and events[2][1] == str(tmp_path)
+    assert target.read_text() == "done"
+
+
 def _fake_run(path: Path, rmse: list[float], status: str) -> None:
     n = len(rmse)
     ds = xr.Dataset(

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from masf.io import fsync_dir
 from masf.nets import network_from_config
 
 FORMAT = "masf-checkpoint"
@@ -81,6 +82,7 @@ def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
