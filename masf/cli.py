@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from masf import config as mc
+from masf.errors import CorruptFileError
 
 
 def _set_threads(threads: int) -> None:
@@ -105,6 +106,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cfg = mc.load_validated(args.config)
     except mc.ConfigError as err:
         print(f"masf config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, CorruptFileError) as err:  # a missing, truncated or corrupt input file
+        print(f"masf: {err}", file=sys.stderr)
         return 2
     n_runs, n_pre = len(mc.runs(cfg)), len(mc.pretrain_jobs(cfg))
     print(f"{args.config}: ok ({len(cfg['experiments'])} experiments, {n_runs} runs, {n_pre} pretrainings)")
@@ -425,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except mc.ConfigError as err:
         print(f"masf config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, CorruptFileError) as err:  # a missing, truncated or corrupt input file
+        print(f"masf: {err}", file=sys.stderr)
         return 2
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import xarray as xr
 
+from masf.errors import CorruptFileError
+
 
 def fsync_file(path: str | Path) -> None:
     """Flush the contents of the file at ``path`` to disk."""
@@ -39,6 +41,24 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: message`` of an exception, cut to its first line (for one-line error messages)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def set_aside(path: str | Path) -> Path:
+    """Rename a corrupt file to ``<name>.corrupt`` (``.corrupt-1``, ... if taken) beside it; return the new path."""
+    p = Path(path)
+    aside = p.with_name(p.name + ".corrupt")
+    k = 0
+    while aside.exists():
+        k += 1
+        aside = p.with_name(f"{p.name}.corrupt-{k}")
+    os.replace(p, aside)
+    return aside
 
 
 @contextlib.contextmanager
@@ -101,9 +121,18 @@ def write_dataset(ds: xr.Dataset, path: str | Path) -> None:
 
 
 def read_dataset(path: str | Path) -> xr.Dataset:
-    """Open a NetCDF file written by :func:`write_dataset` fully into memory (the file is closed)."""
+    """Open a NetCDF file written by :func:`write_dataset` fully into memory (the file is closed).
+
+    ``FileNotFoundError`` when it is missing, :class:`CorruptFileError` when it cannot be read.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such NetCDF file: {p}")
-    with xr.open_dataset(p, engine="netcdf4") as ds:
-        return ds.load()
+    try:
+        with xr.open_dataset(p, engine="netcdf4") as ds:
+            return ds.load()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CorruptFileError(
+            f"{p} cannot be read as NetCDF ({first_line(err)}); it is truncated or corrupt: "
+            "delete it and rerun the step that writes it (snakemake reruns it)"
+        ) from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,21 @@ def test_aggregate_dims_nan_and_status(tmp_path, monkeypatch):
     write_dataset(ds, tmp_path / "metrics.nc")
     with xr.open_dataset(tmp_path / "metrics.nc") as back:
         assert back["status"].attrs["flag_meanings"] == "not_run ok diverged"
+
+
+def test_a_truncated_or_missing_input_is_one_line_naming_the_file(tmp_path, capsys):
+    data = _simulate(tmp_path, 0)
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(data.read_bytes()[:300])
+    base = ["assimilate", "--config", TEST_CONFIG, "--experiment", "l96", "--operator", "half"]
+    base += ["--method", "enkf", "--seed", "0", "--quiet"]
+    cases = (
+        (truncated, "cannot be read as NetCDF.*delete it and rerun"),
+        (tmp_path / "absent.nc", "no such"),
+    )
+    for path, says in cases:
+        out = tmp_path / "run.nc"
+        assert cli.main([*base, "--data", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and re.search(says, err), err
+        assert not out.exists()

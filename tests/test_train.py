@@ -134,7 +134,7 @@ def test_load_refuses_foreign_and_corrupt_files(tmp_path):
     assert UNPICKLED == []  # the object was never unpickled
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(os.urandom(200))
-    with pytest.raises(ValueError, match="foreign or corrupt"):
+    with pytest.raises(ValueError, match="truncated, corrupt or foreign"):
         load_checkpoint(corrupt)
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(3)}, plain)
@@ -257,6 +257,29 @@ def test_resume_refuses_other_hyper_parameters(tmp_path):
     result = fit(net, x0_loss, data, generator=torch.Generator().manual_seed(0), checkpoint_path=tmp_path / "c.pt",
                  resume=False, **{**FIT, "batch_size": 4, "epochs": 1})  # fmt: skip
     assert result.epochs == 1
+
+
+def test_a_corrupt_partial_checkpoint_is_set_aside_and_training_starts_clean(tmp_path):
+    """A node that died mid-write leaves a truncated resume checkpoint: the retry moves it aside (kept for
+    inspection) and trains from the start, to the same weights as a clean run, instead of failing again."""
+    net, data = tiny_setup()
+    whole = tmp_path / "whole.pt"
+    clean = fit(net, x0_loss, data, generator=torch.Generator().manual_seed(3), checkpoint_path=whole, **FIT)
+    half = whole.read_bytes()[: whole.stat().st_size // 2]
+    path = tmp_path / "p.pt"
+    path.write_bytes(half)
+    net2, _ = tiny_setup()
+    with pytest.warns(UserWarning, match=r"p\.pt is not a masf checkpoint.*set it aside as p\.pt\.corrupt"):
+        again = fit(
+            net2, x0_loss, data, generator=torch.Generator().manual_seed(3), checkpoint_path=path, **FIT
+        )
+    assert (tmp_path / "p.pt.corrupt").read_bytes() == half
+    assert again.epochs == clean.epochs and states_equal(net2.state_dict(), net.state_dict())
+    assert read_payload_ok(path)
+
+
+def read_payload_ok(path: Path) -> bool:
+    return checkpoint_module.read_payload(path)["format"] == checkpoint_module.FORMAT
 
 
 SIGTERM_SCRIPT = textwrap.dedent(

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from masf.io import fsync_dir
+from masf.errors import CorruptFileError
+from masf.io import first_line, fsync_dir
 from masf.nets import network_from_config
 
 FORMAT = "masf-checkpoint"
@@ -133,19 +134,24 @@ def save_checkpoint(
 
 
 def read_payload(path: str | os.PathLike, map_location: Any = None) -> dict[str, Any]:
-    """Load the raw checkpoint dict with ``weights_only=True``; ValueError for a foreign or corrupt file."""
+    """Load the raw checkpoint dict with ``weights_only=True``; ``CorruptFileError`` (a ValueError) for a
+    truncated, corrupt or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path} is not a masf checkpoint: it cannot be loaded with torch.load(weights_only=True) "
-            f"(a foreign or corrupt file; it was not unpickled): {err}"
+            f"(a truncated, corrupt or foreign file; it was not unpickled: {first_line(err)}); delete it and rerun "
+            "the pretraining that writes it"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a masf checkpoint (no format={FORMAT!r} entry)")
+        raise CorruptFileError(
+            f"{path} is not a masf checkpoint (no format={FORMAT!r} entry); delete it and rerun the "
+            "pretraining that writes it"
+        )
     if payload.get("version") != VERSION:
         raise ValueError(
             f"{path} has checkpoint version {payload.get('version')!r}; this code reads {VERSION}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from masf.errors import CorruptFileError
+from masf.io import set_aside
 from masf.nets import make_network
 from masf.train.checkpoint import read_payload, to_json, write_checkpoint
 from masf.train.stop import StopOnSignal, TrainingInterrupted
@@ -203,11 +206,15 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     gen_device = generator.device
 
-    s: dict[str, Any]  # resume state, everything that must survive an interruption
+    s: dict[str, Any] | None = None  # resume state, everything that must survive an interruption
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and resume and path.exists():
-        s = _restore(path, net, optimizer, generator, hyper)
-    else:
+        try:
+            s = _restore(path, net, optimizer, generator, hyper)
+        except CorruptFileError as err:  # e.g. a node died mid-write: set it aside, start clean
+            aside = set_aside(path)
+            warnings.warn(f"{err}; set it aside as {aside.name} and training from the start", stacklevel=2)
+    if s is None:
         perm = torch.randperm(n, generator=generator, device=gen_device).cpu()
         n_val = math.floor(val_fraction * n) if n >= 2 else 0
         s = {
