@@ -1,12 +1,14 @@
 # The two commands of the README:
 #   make sweep   set up .venv (CPU torch) and run the default sweep of config/sweep.yaml -> results/report.html
 #   make test    set up .venv (with the dev tools) and run ruff and the whole test suite
-# Variables: TORCH (the torch requirement to install first; CPU build by default), CORES, TEST_WORKERS,
-# PYTHON, VENV.
+# Variables: TORCH (the torch requirement to install first; CPU build by default), CORES, CONFIG,
+# TEST_WORKERS, PYTHON, VENV.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 CORES ?= all
+# the sweep file of `make sweep`
+CONFIG ?= config/sweep.yaml
 # pytest workers (pytest-xdist; a test file stays on one worker, so module fixtures run once)
 TEST_WORKERS ?= 2
 BIN := $(abspath $(VENV))/bin
@@ -21,8 +23,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# validate the sweep file before any job; keep going past a failed job and list the failures at the end
 sweep: setup
-	PATH="$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	$(BIN)/masf validate $(CONFIG)
+	PATH="$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --keep-going \
+		|| { $(BIN)/python workflow/scripts/failed_jobs.py; exit 1; }
 
 lint: setup
 	$(BIN)/ruff check .
