@@ -320,12 +320,15 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from masf.aggregate import aggregate, summary_table
     from masf.io import write_dataset, write_text
 
+    given = [k for k in ("runs", "runs_file", "config") if getattr(args, k) is not None]
+    if len(given) != 1:
+        raise SystemExit("masf aggregate: give exactly one of --runs JSON, --runs-file FILE, --config FILE")
     if args.runs is not None:
         runs = json.loads(args.runs)
-    elif args.config is not None:
-        runs = mc.runs(mc.load_validated(args.config))
+    elif args.runs_file is not None:
+        runs = json.loads(Path(args.runs_file).read_text())
     else:
-        raise SystemExit("masf: give either --runs JSON or --config FILE")
+        runs = mc.runs(mc.load_validated(args.config))
     ds = aggregate(runs)
     write_dataset(ds, args.out)
     if args.summary:
@@ -400,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_assimilate)
 
     p = sub.add_parser("aggregate", help="run files -> results/metrics.nc (+ summary CSV)")
-    p.add_argument("--runs", help="JSON list of {experiment, operator, method, seed}")
+    p.add_argument("--runs", help="JSON list of {experiment, operator, method, seed} (small sweeps)")
+    p.add_argument("--runs-file", help="file holding that JSON list (what the pipeline passes)")
     p.add_argument("--config", help="take the runs of this sweep config instead of --runs")
     p.add_argument("--out", default=mc.METRICS, help=f"output NetCDF (default {mc.METRICS})")
     p.add_argument("--summary", help="also write a summary CSV here")

@@ -28,6 +28,7 @@ SNAPSHOTS = "results/datasets/{experiment}.nc"
 CHECKPOINT = "results/checkpoints/{experiment}/{operator}/{method}.pt"
 RUN = "results/runs/{experiment}/{operator}/{method}/seed{seed}.nc"
 METRICS = "results/metrics.nc"
+RUN_LIST = "results/runs.json"  # the sweep's runs as JSON, read by `masf aggregate --runs-file`
 SUMMARY = "results/summary.csv"
 LOG = "results/logs/{stage}/{name}.log"
 BENCHMARK = "results/benchmarks/{stage}/{name}.tsv"

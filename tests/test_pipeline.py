@@ -58,7 +58,7 @@ def test_dry_run_plans_every_job(name, tmp_path):
     seeds = sum(len(e["seeds"]) for e in cfg["experiments"].values())
     assert counts["simulate"] == seeds
     assert counts["figures"] == len(cfg["experiments"])
-    assert counts["aggregate"] == 1
+    assert counts["aggregate"] == 1 and counts["run_list"] == 1
     assert not (tmp_path / "results").exists()
 
 

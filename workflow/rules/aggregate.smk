@@ -1,9 +1,26 @@
 # aggregate: every run file (+ the benchmark files, the wall-clock source of truth) -> results/metrics.nc
 # with dims experiment, operator, method, seed, time, and a summary table for the report.
+# The list of runs goes through a file (results/runs.json), never the command line: Linux caps one
+# argument at 128 KiB, about 1,200 runs.
+
+
+rule run_list:
+    output:
+        mc.RUN_LIST,
+    params:
+        runs=lambda wc: mc.runs(CFG),
+    localrule: True
+    run:
+        import json
+
+        from masf.io import write_text
+
+        write_text(json.dumps(params.runs, sort_keys=True), output[0])
 
 
 rule aggregate:
     input:
+        run_list=mc.RUN_LIST,
         runs=run_files,
         benchmarks=benchmark_files,
     output:
@@ -19,8 +36,6 @@ rule aggregate:
             category="Summary",
             labels={"file": "summary table"},
         ),
-    params:
-        runs=lambda wc: mc.to_json(mc.runs(CFG)),
     log:
         mc.LOG.format(stage="aggregate", name="aggregate"),
     benchmark:
@@ -30,5 +45,5 @@ rule aggregate:
         mem_mb=res("aggregate", "mem_mb"),
         runtime=res("aggregate", "runtime"),
     shell:
-        "{MASF} aggregate --runs {params.runs:q} --out {output.metrics:q} --summary {output.summary:q}"
+        "{MASF} aggregate --runs-file {input.run_list:q} --out {output.metrics:q} --summary {output.summary:q}"
         " > {log:q} 2>&1"
