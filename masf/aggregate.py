@@ -10,16 +10,18 @@ otherwise from the run file's own timer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import netCDF4
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from masf import config as mc
-from masf.io import read_dataset
+from masf.errors import CorruptFileError
+from masf.io import first_line
 
 # Per-cycle variables of a run file copied into metrics.nc: name -> (long_name, units).
 PER_CYCLE = {
@@ -34,14 +36,38 @@ STATUS = {"not_run": 0, "ok": 1, "diverged": 2}
 
 def benchmark_seconds(path: str | Path) -> float:
     """Wall-clock seconds (column ``s``) of a Snakemake benchmark TSV, NaN if absent or unreadable."""
+    try:
+        header, first = Path(path).read_text().splitlines()[:2]
+        return float(first.split("\t")[header.split("\t").index("s")])
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+RUN_VARIABLES = (*PER_CYCLE, "rmse_lead")
+
+
+def read_run(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The per-cycle metric variables (``RUN_VARIABLES`` present in the file, as float arrays) and the
+    attributes of one run file; the fields (``mean``, members) are never read, so memory stays small.
+
+    ``FileNotFoundError`` when it is missing, ``CorruptFileError`` when it cannot be read.
+    """
     p = Path(path)
     if not p.is_file():
-        return math.nan
+        raise FileNotFoundError(f"no such run file: {p}")
     try:
-        table = pd.read_csv(p, sep="\t")
-        return float(table["s"].iloc[0])
-    except (ValueError, KeyError, IndexError, pd.errors.ParserError):
-        return math.nan
+        with netCDF4.Dataset(p) as nc:
+            nc.set_auto_mask(False)
+            attrs = {k: nc.getncattr(k) for k in nc.ncattrs()}
+            values = {
+                k: np.asarray(nc.variables[k][:], dtype=float) for k in RUN_VARIABLES if k in nc.variables
+            }
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CorruptFileError(
+            f"{p} cannot be read as NetCDF ({first_line(err)}); it is truncated or corrupt: "
+            "delete it and rerun the step that writes it (snakemake reruns it)"
+        ) from err
+    return values, attrs
 
 
 def _time_mean(values: np.ndarray, status: str) -> float:
@@ -50,19 +76,20 @@ def _time_mean(values: np.ndarray, status: str) -> float:
     return float(np.nanmean(values))
 
 
-def frames_rmse(ds: xr.Dataset, status: str) -> float:
+def frames_rmse(ds: Mapping[str, Any], status: str) -> float:
     """The MASF paper's RMSE over every frame of a run (docs/metrics.md).
 
     sqrt of the mean square error of the ensemble mean over the frames: every analysis, and the forecast
     steps between two analyses (``rmse_lead`` of cycles 2..K; the forecast before the first analysis is
     left out, as the paper starts at an analysis). With one model step per cycle the frames are the
-    analyses. NaN for a diverged run or a run without truth.
+    analyses. NaN for a diverged run or a run without truth. ``ds``: a run dataset or the arrays of
+    :func:`read_run`.
     """
     if status != "ok" or "rmse" not in ds:
         return math.nan
-    squares = [np.asarray(ds["rmse"].values, dtype=float) ** 2]
+    squares = [np.asarray(ds["rmse"], dtype=float) ** 2]
     if "rmse_lead" in ds:
-        squares.append(np.asarray(ds["rmse_lead"].values[1:], dtype=float).ravel() ** 2)
+        squares.append(np.asarray(ds["rmse_lead"], dtype=float)[1:].ravel() ** 2)
     values = np.concatenate(squares)
     return float(np.sqrt(values.mean())) if np.isfinite(values).all() and values.size else math.nan
 
@@ -73,12 +100,8 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
         raise ValueError("aggregate: the list of runs is empty")
     axes = {k: list(dict.fromkeys(r[k] for r in runs)) for k in ("experiment", "operator", "method")}
     axes["seed"] = sorted({int(r["seed"]) for r in runs})
-    loaded = []
-    n_time = 0
-    for r in runs:
-        ds = read_dataset(mc.RUN.format(**r))
-        n_time = max(n_time, ds.sizes["time"])
-        loaded.append((r, ds))
+    loaded = [read_run(mc.RUN.format(**r)) for r in runs]
+    n_time = max(v["rmse"].size if "rmse" in v else 0 for v, _ in loaded)
     shape = tuple(len(axes[k]) for k in ("experiment", "operator", "method", "seed"))
     per_cycle = {k: np.full((*shape, n_time), np.nan) for k in PER_CYCLE}
     scalars = {
@@ -96,31 +119,34 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> xr.Dataset:
     }
     status = np.zeros(shape, dtype=np.int8)
     spatial = False
-    for r, ds in loaded:
+    position = {
+        k: {v: i for i, v in enumerate(axes[k])} for k in ("experiment", "operator", "method", "seed")
+    }
+    for r, (arrays, attrs) in zip(runs, loaded, strict=True):
         idx = (
-            axes["experiment"].index(r["experiment"]),
-            axes["operator"].index(r["operator"]),
-            axes["method"].index(r["method"]),
-            axes["seed"].index(int(r["seed"])),
+            position["experiment"][r["experiment"]],
+            position["operator"][r["operator"]],
+            position["method"][r["method"]],
+            position["seed"][int(r["seed"])],
         )
-        state = str(ds.attrs.get("status", "ok"))
+        state = str(attrs.get("status", "ok"))
         status[idx] = STATUS.get(state, STATUS["diverged"])
         for name in PER_CYCLE:
-            if name in ds:
-                values = np.asarray(ds[name].values, dtype=float)
+            if name in arrays:
+                values = arrays[name]
                 per_cycle[name][idx][: values.size] = values
                 scalars[f"{name}_mean"][idx] = _time_mean(values, state)
-        scalars["rmse_frames"][idx] = frames_rmse(ds, state)
-        spatial = spatial or "ssim" in ds
+        scalars["rmse_frames"][idx] = frames_rmse(arrays, state)
+        spatial = spatial or "ssim" in arrays
         for stage in STAGES:
-            scalars[f"wall_clock_{stage}_s"][idx] = float(ds.attrs.get(f"wall_clock_{stage}_s", math.nan))
+            scalars[f"wall_clock_{stage}_s"][idx] = float(attrs.get(f"wall_clock_{stage}_s", math.nan))
         bench = benchmark_seconds(
             mc.BENCHMARK.format(
                 stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}".format(**r)
             )
         )
         scalars["wall_clock_s"][idx] = (
-            bench if math.isfinite(bench) else float(ds.attrs.get("wall_clock_total_s", math.nan))
+            bench if math.isfinite(bench) else float(attrs.get("wall_clock_total_s", math.nan))
         )
         scalars["wall_clock_pretrain_s"][idx] = benchmark_seconds(
             mc.BENCHMARK.format(
