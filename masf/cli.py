@@ -329,7 +329,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         runs = json.loads(Path(args.runs_file).read_text())
     else:
         runs = mc.runs(mc.load_validated(args.config))
-    ds = aggregate(runs)
+    ds = aggregate(runs, jobs=args.jobs)
     write_dataset(ds, args.out)
     if args.summary:
         write_text(summary_table(ds).to_csv(index=False, float_format="%.6g"), args.summary)
@@ -405,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="run files -> results/metrics.nc (+ summary CSV)")
     p.add_argument("--runs", help="JSON list of {experiment, operator, method, seed} (small sweeps)")
     p.add_argument("--runs-file", help="file holding that JSON list (what the pipeline passes)")
+    p.add_argument("--jobs", type=int, default=1, help="processes that read the run files (default 1)")
     p.add_argument("--config", help="take the runs of this sweep config instead of --runs")
     p.add_argument("--out", default=mc.METRICS, help=f"output NetCDF (default {mc.METRICS})")
     p.add_argument("--summary", help="also write a summary CSV here")

@@ -45,5 +45,5 @@ rule aggregate:
         mem_mb=res("aggregate", "mem_mb"),
         runtime=res("aggregate", "runtime"),
     shell:
-        "{MASF} aggregate --runs-file {input.run_list:q} --out {output.metrics:q} --summary {output.summary:q}"
+        "{MASF} aggregate --runs-file {input.run_list:q} --jobs {threads} --out {output.metrics:q} --summary {output.summary:q}"
         " > {log:q} 2>&1"
