@@ -79,6 +79,13 @@ VARIANTS = {
     "replay_0.5_no_reset": {"finetune_epochs": 40, "finetune_replay": 0.5, "finetune_reset": False},
     "replay_0.5_jitter_0.5": {"finetune_epochs": 40, "finetune_replay": 0.5, "finetune_jitter": 0.5},
     "replay_0.3_long": {"finetune_epochs": 120, "finetune_replay": 0.3},
+    "replay_0.8": {"finetune_epochs": 40, "finetune_replay": 0.8},
+    "replay_0.9": {"finetune_epochs": 40, "finetune_replay": 0.9},
+    "replay_0.5_jitter_1.0": {"finetune_epochs": 40, "finetune_replay": 0.5, "finetune_jitter": 1.0},
+    "replay_0.8_jitter_1.0": {"finetune_epochs": 40, "finetune_replay": 0.8, "finetune_jitter": 1.0},
+    "replay_0.5_few_steps": {"finetune_epochs": 5, "finetune_replay": 0.5},
+    "replay_0.99": {"finetune_epochs": 40, "finetune_replay": 0.99},
+    "replay_0.5_lr_3e-5": {"finetune_epochs": 40, "finetune_replay": 0.5, "finetune_lr": 3e-5},
     "defaults": {},
 }
 
