@@ -23,6 +23,8 @@ if not workflow.overwrite_configfiles:
 # One-line errors (key path, bad value, what is allowed) before any job starts; then Snakemake's own
 # validate() against the same schema fills the defaults into `config`.
 try:
+    for path in workflow.overwrite_configfiles or ["config/sweep.yaml"]:
+        mc.load(path)  # refuses a key given twice (the YAML Snakemake read kept the last one silently)
     CFG = mc.validate(config)
 except mc.ConfigError as err:
     sys.exit(f"masf config error: {err}")

@@ -12,6 +12,7 @@ allowed.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 from pathlib import Path
@@ -114,6 +115,9 @@ OPERATOR_DIMS: dict[str, tuple[int, ...]] = {
     "speed": (2,),
 }
 LINEAR_OPERATORS = frozenset({"mask", "grid_mask", "center_mask", "random_mask", "every_kth", "identity"})
+# Smallest state dimension a system is defined for (Lorenz-96 couples x_{i-2}, x_{i-1} and x_{i+1}).
+SYSTEM_MIN_DIM: dict[str, int] = {"lorenz96": 4}
+
 OPERATOR_PARAMS: dict[str, dict[str, Kind]] = {
     "mask": {"mask": "matrix"},
     "grid_mask": {"stride": "int+", "offset": "int0"},
@@ -204,13 +208,34 @@ class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the key path and what is allowed."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently). Keys brought in by a ``<<`` merge may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one mapping (first on "
+                    f"line {seen[key]}; YAML would silently keep the last); remove or rename one"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (no validation)."""
+    """Read a YAML config file (no validation; a key given twice in one mapping is refused)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"{p} {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(data, dict):
@@ -227,12 +252,46 @@ def _path(parts: Any) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
 
+def _did_you_mean(word: str, allowed: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name, or ''."""
+    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_finite(value: Any, where: list[str]) -> None:
+    """Refuse NaN and ±inf anywhere in the config (they pass every range check, as comparisons are false)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{_path(where)}: {value} is not a finite number; write a number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, [*where, str(k)])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, [*where[:-1], f"{where[-1]}[{i}]"] if where else [f"[{i}]"])
+
+
+# JSON schema "integer" accepts 6.0; a sweep file means an int where it says integer
+_STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, v: isinstance(v, int) and not isinstance(v, bool)
+)
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES)
+
+
 def _schema_message(error: jsonschema.ValidationError) -> str:
     where = _path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
-        return f"{where}: unknown key {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+        hint = _did_you_mean(extra[0], allowed) if len(extra) == 1 else ""
+        return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}; allowed: {', '.join(allowed)}"
+    if error.validator == "type" and "integer" in error.validator_value and isinstance(error.instance, float):
+        if error.instance.is_integer():
+            return f"{where}: {error.instance!r} is a float; write {int(error.instance)} (an integer)"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        typos = [k for k in error.instance if _did_you_mean(k, [missing])] if missing else []
+        if typos:
+            return f"{where}: required key {missing!r} is missing; {typos[0]!r} looks like a typo of it"
     if error.validator == "enum":
         allowed = ", ".join(map(str, error.validator_value))
         return f"{where}: {error.instance!r} is not allowed; allowed: {allowed}"
@@ -278,6 +337,8 @@ def _check_kind(value: Any, kind: Kind, where: str) -> None:
     if isinstance(kind, tuple):
         if value not in kind:
             raise bad(f"one of {', '.join(kind)}")
+    elif isinstance(value, float) and value.is_integer() and kind in ("int+", "int+?", "int0"):
+        raise ConfigError(f"{where}: {value!r} is a float; write {int(value)} (an integer)")
     elif kind == "int+" and not (is_int and value >= 1):
         raise bad("an integer >= 1")
     elif kind == "int+?" and not (value is None or (is_int and value >= 1)):
@@ -327,7 +388,9 @@ def _check_params(params: dict[str, Any], table: dict[str, Kind], where: str, ow
     for key, value in params.items():
         if key not in table:
             allowed = ", ".join(sorted(table)) or "(none)"
-            raise ConfigError(f"{where}.{key}: unknown parameter of {owner}; allowed: {allowed}")
+            raise ConfigError(
+                f"{where}.{key}: unknown parameter of {owner}{_did_you_mean(key, table)}; allowed: {allowed}"
+            )
         _check_kind(value, table[key], f"{where}.{key}")
 
 
@@ -343,6 +406,11 @@ def check_config(cfg: dict[str, Any]) -> None:
         system = exp["system"]["name"]
         sys_params = {k: v for k, v in exp["system"].items() if k != "name"}
         _check_params(sys_params, SYSTEM_PARAMS[system], f"{where}.system", f"system {system!r}")
+        dim = sys_params.get("dim")
+        if dim is not None and dim < SYSTEM_MIN_DIM.get(system, 1):
+            raise ConfigError(
+                f"{where}.system.dim: {dim} is too small for {system}; allowed: >= {SYSTEM_MIN_DIM[system]}"
+            )
         n = sys_params.get("n", 64)
         if system == "kolmogorov" and (n % 2 or not 32 <= n <= 512):
             raise ConfigError(f"{where}.system.n: {n} is invalid; allowed: an even integer in [32, 512]")
@@ -367,6 +435,18 @@ def check_config(cfg: dict[str, Any]) -> None:
                 )
             op_params = {k: v for k, v in op.items() if k not in ("operator", "noise_std", "methods")}
             _check_params(op_params, OPERATOR_PARAMS[kind], owhere, f"operator {kind!r}")
+            step = op.get("stride", op.get("k"))
+            if "offset" in op and step is not None and op["offset"] >= step:
+                name = "stride" if "stride" in op else "k"
+                raise ConfigError(
+                    f"{owhere}.offset: {op['offset']} is not smaller than {name} = {step}; allowed: 0 .. {step - 1}"
+                )
+            if kind == "every_kth" and op["k"] > state_shape(exp["system"])[0]:
+                size = state_shape(exp["system"])[0]
+                raise ConfigError(
+                    f"{owhere}.k: {op['k']} is larger than the state ({size} entries), so one entry is observed; "
+                    f"allowed: <= {size}"
+                )
             if system == "kolmogorov" and kind == "grid_mask" and "stride" in op:
                 size = sys_params.get("n")
                 if size is not None and op["stride"] >= size:
@@ -419,8 +499,9 @@ def _check_levels(method: dict[str, Any], name: str, shape: tuple[int, ...], exp
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Schema-check ``cfg``, fill defaults, cross-check; returns a new, complete config dict."""
+    _check_finite(cfg, [])
     schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     errors = list(validator.iter_errors(cfg))
     if errors:
         raise ConfigError(_schema_message(jsonschema.exceptions.best_match(errors)))

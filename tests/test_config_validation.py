@@ -74,7 +74,7 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     (
         "unknown-system-parameter",
         _set("experiments.l96.system.dims", 40),
-        "experiments.l96.system.dims: unknown parameter of system 'lorenz96'; allowed: dim, dt, forcing",
+        "experiments.l96.system.dims: unknown parameter of system 'lorenz96' (did you mean 'dim'?); allowed: dim, dt",
     ),
     ("unknown-operator", _set("experiments.l96.operators.half.operator", "blur"), "operators.half.operator"),
     (
@@ -101,7 +101,7 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     (
         "unknown-hyper-parameter",
         _set("methods.enkf.inflaton", 1.1),
-        "methods.enkf.inflaton: unknown parameter of filter 'enkf'; allowed: center_perturbations, eps,",
+        "methods.enkf.inflaton: unknown parameter of filter 'enkf' (did you mean 'inflation'?); allowed: center",
     ),
     ("hyper-parameter-out-of-range", _set("methods.enkf.inflation", 0.5), "methods.enkf.inflation: 0.5"),
     ("hyper-parameter-bad-choice", _set("methods.enkf.variant", "cholesky"), "one of sqrt, pertobs"),
@@ -139,6 +139,48 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("unknown-stage", _set("resources.train", {"threads": 1}), "resources: unknown key 'train'"),
     ("unknown-device", _set("device", "tpu"), "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
     ("no-experiments", _set("experiments", {}), "experiments"),
+    (
+        "cycles-integral-float",
+        _set("experiments.l96.cycles", 6.0),
+        "experiments.l96.cycles: 6.0 is a float; write 6",
+    ),
+    (
+        "seed-integral-float",
+        _set("experiments.l96.seeds", [0.0]),
+        "experiments.l96.seeds.0: 0.0 is a float; write 0",
+    ),
+    (
+        "nfe-integral-float",
+        _set("methods.masf_bridge.nfe", 10.0),
+        "methods.masf_bridge.nfe: 10.0 is a float; write 10",
+    ),
+    (
+        "noise-nan",
+        _set("experiments.l96.operators.half.noise_std", float("nan")),
+        "experiments.l96.operators.half.noise_std: nan is not a finite number",
+    ),
+    (
+        "inflation-inf",
+        _set("methods.letkf.inflation", float("inf")),
+        "methods.letkf.inflation: inf is not a finite",
+    ),
+    (
+        "offset-not-below-stride",
+        _set("experiments.kolmogorov.operators.grid.offset", 8),
+        "experiments.kolmogorov.operators.grid.offset: 8 is not smaller than stride = 8; allowed: 0 .. 7",
+    ),
+    ("l96-too-small", _set("experiments.l96.system.dim", 3), "experiments.l96.system.dim: 3 is too small"),
+    (
+        "k-beyond-the-state",
+        _set("experiments.l96.operators.half.k", 40),
+        "experiments.l96.operators.half.k: 40 is larger than the state (12 entries)",
+    ),
+    ("typo-did-you-mean", _set("experiments.l96.cycels", 3), "unknown key 'cycels' (did you mean 'cycles'?)"),
+    (
+        "parameter-typo-did-you-mean",
+        _set("methods.letkf.radus", 3.0),
+        "methods.letkf.radus: unknown parameter of filter 'letkf' (did you mean 'radius'?)",
+    ),
 ]
 IDS = [case[0] for case in BAD]
 
@@ -206,6 +248,37 @@ def test_snakemake_refuses_a_bad_config_quick(tmp_path):
     assert done.returncode != 0
     assert "masf config error: experiments.l96.seeds: [] should be non-empty" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+DUPLICATE = (
+    (REPO / "config" / "test.yaml")
+    .read_text()
+    .replace(
+        "  enkf: {filter: enkf, variant: sqrt, inflation: 1.02}\n",
+        "  enkf: {filter: enkf, variant: sqrt, inflation: 1.02}\n  enkf: {filter: enkf, variant: pertobs}\n",
+    )
+)
+
+
+def test_a_key_given_twice_is_refused_by_validate_and_by_snakemake(tmp_path, capsys):
+    """Plain YAML keeps the last of two equal keys silently (here: a second method named enkf)."""
+    assert DUPLICATE.count("  enkf: {") == 2
+    path = tmp_path / "dup.yaml"
+    path.write_text(DUPLICATE)
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "key 'enkf' is given twice in one mapping (first on line 19" in err and "line 20" in err, err
+    done = _snakemake_dry_run(path, tmp_path)
+    assert done.returncode != 0 and "key 'enkf' is given twice" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    """`<<: *anchor` then a key of the anchor is YAML's override, not a duplicate (the shipped configs use it)."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n")
+    assert mc.load(path) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
 
 
 def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
