@@ -474,26 +474,49 @@ def check_config(cfg: dict[str, Any]) -> None:
                     )
 
 
+# Resolution levels of the UNets when ``levels`` is not given (masf.nets: channel_mult (1, 2, 2)).
+DEFAULT_UNET_LEVELS = 3
+# The state rank each network kind takes: mlp any, unet1d (D,), the 2-D UNets (C, n, m).
+NETWORK_RANKS: dict[str, tuple[int, ...]] = {
+    "mlp": (1, 2, 3),
+    "unet1d": (1,),
+    "unet2d": (3,),
+    "dual_unet2d": (3,),
+}
+
+
 def _check_levels(method: dict[str, Any], name: str, shape: tuple[int, ...], experiment: str) -> None:
-    """``levels`` needs a UNet, and the UNet's grid must halve ``levels - 1`` times."""
-    levels = method.get("levels")
-    if levels is None or method["filter"] not in SCORE_BASED:
+    """The network kind must take the experiment's state (an explicit ``unet2d`` on a vector is refused),
+    ``levels`` needs a UNet, and the UNet's grid must halve ``levels - 1`` times (default 3 levels)."""
+    if method["filter"] not in SCORE_BASED:
         return
+    levels = method.get("levels")
     network = method.get("network", "auto")
     if method["filter"] == "masf" and method.get("sampler", "bridge") == "nonlinear" and network == "auto":
         network = "dual_unet2d"
     kind = network_kind(network, shape)
-    if kind == "mlp":
+    if len(shape) not in NETWORK_RANKS.get(kind, (len(shape),)):
+        fits = [k for k, ranks in NETWORK_RANKS.items() if len(shape) in ranks]
         raise ConfigError(
-            f"methods.{name}.levels: {levels} is invalid for experiment {experiment!r}: its state {shape} gets an "
-            "mlp, which has no levels; allowed: null (or network: unet1d/unet2d)"
+            f"methods.{name}.network: {kind} cannot take the state {shape} of experiment {experiment!r}; "
+            f"allowed: auto, {', '.join(fits)}"
         )
+    if kind == "mlp":
+        if levels is not None:
+            raise ConfigError(
+                f"methods.{name}.levels: {levels} is invalid for experiment {experiment!r}: its state {shape} "
+                "gets an mlp, which has no levels; allowed: null (or network: unet1d/unet2d)"
+            )
+        return
     grid = shape[1:] if len(shape) == 3 else shape
-    factor = 2 ** (levels - 1)
+    used = DEFAULT_UNET_LEVELS if levels is None else levels
+    factor = 2 ** (used - 1)
     if any(g % factor for g in grid):
+        key = "levels" if levels is not None else "network"
         raise ConfigError(
-            f"methods.{name}.levels: {levels} is invalid for experiment {experiment!r}: the grid {grid} is not "
-            f"divisible by 2^(levels-1) = {factor}; allowed: a smaller levels"
+            f"methods.{name}.{key}: the {kind} of experiment {experiment!r} halves its grid {grid} {used - 1} "
+            f"times ({used} levels), but {grid} is not divisible by 2^{used - 1} = {factor}; allowed: a "
+            "smaller levels, or a grid divisible by it"
         )
 
 

@@ -116,8 +116,8 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     (
         "levels-the-grid-cannot-take",  # kolmogorov n = 32 halves at most 5 times; 7 levels would need 64 | 32
         _set("methods.masf_nonlinear.levels", 7),
-        "methods.masf_nonlinear.levels: 7 is invalid for experiment 'kolmogorov': the grid (32, 32) is not "
-        "divisible by 2^(levels-1) = 64",
+        "methods.masf_nonlinear.levels: the dual_unet2d of experiment 'kolmogorov' halves its grid (32, 32) 6 "
+        "times (7 levels), but (32, 32) is not divisible by 2^6 = 64",
     ),
     (
         "levels-on-an-mlp",  # l96 with dim 12 gets an mlp
@@ -174,6 +174,16 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         "k-beyond-the-state",
         _set("experiments.l96.operators.half.k", 40),
         "experiments.l96.operators.half.k: 40 is larger than the state (12 entries)",
+    ),
+    (
+        "unet2d-on-a-vector",
+        _set("methods.sf.network", "unet2d"),
+        "methods.sf.network: unet2d cannot take the state (12,) of experiment 'l96'; allowed: auto, mlp, unet1d",
+    ),
+    (
+        "grid-the-default-unet-cannot-take",
+        _set("experiments.kolmogorov.system.n", 34),
+        "the unet2d of experiment 'kolmogorov' halves its grid (34, 34) 2 times (3 levels), but (34, 34) is not",
     ),
     ("typo-did-you-mean", _set("experiments.l96.cycels", 3), "unknown key 'cycels' (did you mean 'cycles'?)"),
     (
