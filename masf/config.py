@@ -414,6 +414,7 @@ def check_config(cfg: dict[str, Any]) -> None:
         n = sys_params.get("n", 64)
         if system == "kolmogorov" and (n % 2 or not 32 <= n <= 512):
             raise ConfigError(f"{where}.system.n: {n} is invalid; allowed: an even integer in [32, 512]")
+        _check_memory(cfg, exp, where)
         ds = exp["dataset"]
         if ds["samples"] % ds["per_trajectory"]:
             raise ConfigError(
@@ -483,6 +484,34 @@ NETWORK_RANKS: dict[str, tuple[int, ...]] = {
     "unet2d": (3,),
     "dual_unet2d": (3,),
 }
+
+
+def _check_memory(cfg: dict[str, Any], exp: dict[str, Any], where: str) -> None:
+    """Refuse what cannot fit a job's ``mem_mb`` by a lower bound (never a false refusal): an
+    assimilate job holds at least two ensembles (forecast and analysis), a dataset job its snapshots."""
+    size = math.prod(state_shape(exp["system"])) * (4 if cfg["dtype"] == "float32" else 8)
+    needs = {
+        "assimilate": (
+            2 * exp["ensemble_size"] * size,
+            "ensemble_size",
+            exp["ensemble_size"],
+            "two ensembles of",
+        ),
+        "dataset": (
+            exp["dataset"]["samples"] * size,
+            "dataset.samples",
+            exp["dataset"]["samples"],
+            "snapshots of",
+        ),
+    }
+    for stage, (nbytes, key, value, what) in needs.items():
+        mem_mb = cfg["resources"][stage]["mem_mb"]
+        if nbytes / 2**20 > mem_mb:
+            raise ConfigError(
+                f"{where}.{key}: {value} needs at least {nbytes / 2**20:,.0f} MB ({what} "
+                f"{size // (4 if cfg['dtype'] == 'float32' else 8):,} {cfg['dtype']} entries), more than "
+                f"resources.{stage}.mem_mb = {mem_mb}; allowed: a smaller {key} or a larger mem_mb"
+            )
 
 
 def _check_levels(method: dict[str, Any], name: str, shape: tuple[int, ...], experiment: str) -> None:

@@ -185,6 +185,17 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         _set("experiments.kolmogorov.system.n", 34),
         "the unet2d of experiment 'kolmogorov' halves its grid (34, 34) 2 times (3 levels), but (34, 34) is not",
     ),
+    (
+        "ensemble-beyond-the-job-memory",  # 2 x 30M members x 12 floats = 2.7 GiB > 2000 MB
+        _set("experiments.l96.ensemble_size", 30_000_000),
+        "experiments.l96.ensemble_size: 30000000 needs at least 2,747 MB (two ensembles of 12 float32 entries), "
+        "more than resources.assimilate.mem_mb = 2000",
+    ),
+    (
+        "dataset-beyond-the-job-memory",
+        _set("experiments.kolmogorov.dataset.samples", 200_000),
+        "experiments.kolmogorov.dataset.samples: 200000 needs at least 1,562 MB",
+    ),
     ("typo-did-you-mean", _set("experiments.l96.cycels", 3), "unknown key 'cycels' (did you mean 'cycles'?)"),
     (
         "parameter-typo-did-you-mean",
