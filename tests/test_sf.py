@@ -400,3 +400,19 @@ def test_pretraining_refuses_data_that_is_not_a_float_batch(data, tmp_path) -> N
         SF(pretrain_epochs=1).pretrain(
             data, op, checkpoint=str(tmp_path / "x.pt"), generator=torch.Generator()
         )
+
+
+class _NoiseOnly:
+    """Has the operator's noise_std but cannot be applied to a state."""
+
+    noise_std = 0.1
+
+
+@pytest.mark.parametrize("name", ["sf", "ssls"])
+@pytest.mark.parametrize("operator", [lambda x: x, _NoiseOnly()], ids=["no-noise-std", "not-callable"])
+def test_an_operator_needs_both_a_call_and_a_noise_std(name, operator):
+    """Either missing is refused (a callable without noise_std, or noise_std on something uncallable)."""
+    with pytest.raises(
+        ValueError, match=rf"{name}: operator must be a masf operator \(callable with noise_std\)"
+    ):
+        make_filter(name).check_operator(operator)
