@@ -131,3 +131,29 @@ def test_finetuning_refits_an_adaptive_normalizer_on_the_forecast_and_keeps_a_fi
     expected = Normalizer("affine").fit(forecast if update == "adaptive" else climatology)
     torch.testing.assert_close(model.normalizer.x_shift, expected.x_shift)
     torch.testing.assert_close(model.normalizer.x_scale, expected.x_scale)
+
+
+def test_pathwise_draws_come_from_the_fitted_mixture_after_fine_tuning_else_the_climatology():
+    """The bridge's x0* draws must come from the distribution the network was last fitted to: the
+    trainer's mixture in a fine-tuned cycle (replay 0: the members), the climatology bank otherwise."""
+    from masf.diffusion import Normalizer
+    from masf.filters.base import Context
+    from masf.filters.score_common import ScoreModel, prior_draws
+
+    g = torch.Generator().manual_seed(0)
+    climatology = 100.0 + torch.randn(30, 3, generator=g)
+    members = torch.randn(6, 3, generator=g)
+    normalizer = Normalizer.identity()
+    net = make_network("mlp", (3,), width=8, num_blocks=1, generator=torch.Generator().manual_seed(1))
+    model = ScoreModel(net=net, normalizer=normalizer)
+    ctx = Context(generator=torch.Generator().manual_seed(2), climatology=climatology)
+
+    def rows_of(draws, pool):
+        return bool((torch.cdist(draws, pool).min(dim=1).values < 1e-4).all())
+
+    untuned = prior_draws(model, members, ctx, "masf")(40, torch.Generator().manual_seed(3))
+    assert rows_of(untuned, climatology)
+    model.trainer = OnlineTrainer(net, lr=1e-3, batch_size=4, replay=0.0)
+    model.tuned = True
+    tuned = prior_draws(model, members, ctx, "masf")(40, torch.Generator().manual_seed(3))
+    assert rows_of(tuned, members)

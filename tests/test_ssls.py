@@ -256,3 +256,12 @@ def test_stationary_variance_refuses_an_unstable_chain() -> None:
     for step in (2.0, 2.5):
         with pytest.raises(ValueError, match="unstable"):
             stationary_variance(1.0, step, 0.0)
+
+
+def test_zero_langevin_steps_return_the_start_unchanged():
+    """n_steps = 0 is allowed and is the identity (no score call, no noise drawn)."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    out = langevin(lambda y: 1 / 0 * y, x, n_steps=0, step=0.1, decay=0.0, tol=10.0, generator=g)
+    assert torch.equal(out, x)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(1).get_state())
