@@ -50,6 +50,11 @@ def test_center_mask_hole_is_centred_and_observes_75_percent():
     assert float(op.mask[:, 31, :].min()) == 1.0 and float(op.mask[:, 96, :].min()) == 1.0
     small = center_mask((1, 6, 6), hole_ratio=1 / 3, noise_std=0.1)
     assert small.mask[0].tolist() == [[1, 1, 1, 1, 1, 1]] * 2 + [[1, 1, 0, 0, 1, 1]] * 2 + [[1] * 6] * 2
+    # a field without a channel axis, (n, n), is a 2-D state too; a vector is not
+    plain = center_mask((6, 6), hole_ratio=1 / 3, noise_std=0.1)
+    assert plain.mask.tolist() == small.mask[0].tolist()
+    with pytest.raises(ValueError, match=r"center_mask: needs a 2-D state .* got state_shape \(6,\) \(1-D\)"):
+        center_mask((6,), hole_ratio=1 / 3, noise_std=0.1)
 
 
 def test_random_mask_fraction_seed_and_channels():
