@@ -176,3 +176,24 @@ def test_cuda_matches_cpu():
     gpu = pf.analyse(prior.cuda(), z.cuda(), Mask(MASK, SIGMA), ctx_gpu)
     assert gpu.device.type == "cuda" and ctx_gpu.state[WEIGHTS_KEY].device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
+
+
+def test_jitter_with_uneven_weights_is_coloured_by_the_unbiased_weighted_covariance():
+    """Brute force at small N with uneven weights (1 − Σw² = 0.6, far from 1): the jitter is
+    reg·h·ξ Ĉ^{1/2} with Ĉ = Σ_i w_i (x_i − x̄)(x_i − x̄)ᵀ / (1 − Σ_i w_i²), ξ the same normal draws."""
+    from masf.systems.base import randn
+
+    g = torch.Generator().manual_seed(3)
+    particles = torch.randn(8, 3, generator=g, dtype=F64) * torch.tensor([1.0, 2.0, 0.5], dtype=F64)
+    w = torch.tensor([0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05], dtype=F64)
+    mean = (w.unsqueeze(1) * particles).sum(0)
+    cov = torch.zeros(3, 3, dtype=F64)
+    for wi, xi in zip(w, particles, strict=True):
+        cov += wi * torch.outer(xi - mean, xi - mean)
+    cov /= 1.0 - float((w**2).sum())
+    lam, vec = torch.linalg.eigh(cov)
+    sqrt_cov = vec @ torch.diag(lam.sqrt()) @ vec.T
+    pf = ParticleFilter(reg=0.7)
+    got = pf.jitter(particles, w, torch.Generator().manual_seed(9))
+    xi = randn((8, 3), torch.Generator().manual_seed(9), F64, particles.device)
+    torch.testing.assert_close(got, 0.7 * bandwidth(8, 3) * xi @ sqrt_cov, rtol=1e-10, atol=1e-12)
