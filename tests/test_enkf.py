@@ -234,3 +234,13 @@ def test_measurement_of_the_wrong_shape_is_refused(variant):
     prior = _ensemble(8, 2)
     with pytest.raises(ValueError, match=r"z must be shaped \(6,\)"):
         EnKF(variant=variant).analyse(prior, torch.zeros(5, dtype=F64), Mask(MASK6, SIGMA), _ctx())
+
+
+def test_a_regularizer_larger_than_the_noise_variance_is_accepted():
+    """R = σ² + eps: eps above σ² (here 1e-3 against 1e-4) is a valid, larger error variance."""
+    op = Mask(MASK6, 0.01)
+    prior = _ensemble(6, 1)
+    z = torch.zeros(6, dtype=F64)
+    for variant in ("sqrt", "pertobs"):
+        post = EnKF(variant=variant, eps=1e-3).analyse(prior, z, op, _ctx())
+        assert post.shape == prior.shape and bool(torch.isfinite(post).all())
