@@ -272,3 +272,14 @@ def test_rotation_keeps_the_analysis_mean_and_covariance():
     assert float((plain - rotated).abs().max()) > 1e-3
     torch.testing.assert_close(rotated.mean(0), plain.mean(0), rtol=0, atol=1e-12)
     torch.testing.assert_close(torch.cov(rotated.T), torch.cov(plain.T), rtol=0, atol=1e-12)
+
+
+def test_dapper_factor_matches_the_gaussian_curvature_of_the_taper():
+    """DAPPER's loc_rad L is the std of a Gaussian taper; GC(d/c) ≈ 1 − (5/3)(d/c)² near 0 matches
+    exp(−d²/2L²) ≈ 1 − d²/(2L²) when c = L·√(10/3) ≈ 1.826 L: DAPPER's 1.82."""
+    from masf.filters.localization import DAPPER_GC_FACTOR, gaspari_cohn
+
+    assert abs(DAPPER_GC_FACTOR - math.sqrt(10.0 / 3.0)) < 0.01
+    d = torch.tensor([0.05, 0.1], dtype=torch.float64)  # small d / L, where the quadratic terms rule
+    gc = gaspari_cohn(d / DAPPER_GC_FACTOR)
+    torch.testing.assert_close(gc, torch.exp(-(d**2) / 2), rtol=2e-3, atol=0)
