@@ -177,3 +177,13 @@ def test_a_nan_observation_makes_the_particle_filter_diverge_not_ok():
     assert ds.attrs["status"] == "diverged"
     assert ds.attrs["status_reason"] == "non-finite particle weights at cycle 2"
     assert np.isfinite(ds["rmse"].values[:2]).all() and np.isnan(ds["rmse"].values[2:]).all()
+
+
+def test_context_add_time_starts_from_zero_and_accumulates():
+    from masf.filters.base import Context
+
+    ctx = Context(generator=torch.Generator())
+    ctx.add_time("finetune", 0.25)
+    ctx.add_time("finetune", 0.5)
+    ctx.add_time("sampling", 2.0)
+    assert ctx.timings == {"finetune": 0.75, "sampling": 2.0}
