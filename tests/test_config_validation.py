@@ -59,6 +59,10 @@ def _masf_on_sigmoid(cfg: dict) -> None:
     cfg["experiments"]["kolmogorov"]["operators"]["sigmoid"]["methods"].append("masf_bridge")
 
 
+def _misspell_filter(cfg: dict) -> None:
+    cfg["methods"]["enkf"]["filtr"] = cfg["methods"]["enkf"].pop("filter")
+
+
 # (id, mutation, text the one-line error must contain)
 BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("unknown-top-key", _set("bogus", 1), "(top level): unknown key 'bogus'"),
@@ -195,6 +199,11 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         "dataset-beyond-the-job-memory",
         _set("experiments.kolmogorov.dataset.samples", 200_000),
         "experiments.kolmogorov.dataset.samples: 200000 needs at least 1,562 MB",
+    ),
+    (
+        "required-key-misspelt",
+        _misspell_filter,
+        "methods.enkf: required key 'filter' is missing; 'filtr' looks like a typo of it",
     ),
     ("typo-did-you-mean", _set("experiments.l96.cycels", 3), "unknown key 'cycels' (did you mean 'cycles'?)"),
     (
