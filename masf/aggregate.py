@@ -20,8 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from masf import config as mc
-from masf.errors import CorruptFileError
-from masf.io import first_line
+from masf.io import corrupt_netcdf
 
 # Per-cycle variables of a run file copied into metrics.nc: name -> (long_name, units).
 PER_CYCLE = {
@@ -63,10 +62,7 @@ def read_run(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 k: np.asarray(nc.variables[k][:], dtype=float) for k in RUN_VARIABLES if k in nc.variables
             }
     except (OSError, RuntimeError, ValueError) as err:
-        raise CorruptFileError(
-            f"{p} cannot be read as NetCDF ({first_line(err)}); it is truncated or corrupt: "
-            "delete it and rerun the step that writes it (snakemake reruns it)"
-        ) from err
+        raise corrupt_netcdf(p, err) from err
     return values, attrs
 
 

@@ -107,9 +107,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except mc.ConfigError as err:
         print(f"masf config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, CorruptFileError) as err:  # a missing, truncated or corrupt input file
-        print(f"masf: {err}", file=sys.stderr)
-        return 2
     n_runs, n_pre = len(mc.runs(cfg)), len(mc.pretrain_jobs(cfg))
     print(f"{args.config}: ok ({len(cfg['experiments'])} experiments, {n_runs} runs, {n_pre} pretrainings)")
     return 0

@@ -442,8 +442,7 @@ def check_config(cfg: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"{owhere}.offset: {op['offset']} is not smaller than {name} = {step}; allowed: 0 .. {step - 1}"
                 )
-            if kind == "every_kth" and op["k"] > state_shape(exp["system"])[0]:
-                size = state_shape(exp["system"])[0]
+            if kind == "every_kth" and op["k"] > (size := state_shape(exp["system"])[0]):
                 raise ConfigError(
                     f"{owhere}.k: {op['k']} is larger than the state ({size} entries), so one entry is observed; "
                     f"allowed: <= {size}"
@@ -489,28 +488,19 @@ NETWORK_RANKS: dict[str, tuple[int, ...]] = {
 def _check_memory(cfg: dict[str, Any], exp: dict[str, Any], where: str) -> None:
     """Refuse what cannot fit a job's ``mem_mb`` by a lower bound (never a false refusal): an
     assimilate job holds at least two ensembles (forecast and analysis), a dataset job its snapshots."""
-    size = math.prod(state_shape(exp["system"])) * (4 if cfg["dtype"] == "float32" else 8)
-    needs = {
-        "assimilate": (
-            2 * exp["ensemble_size"] * size,
-            "ensemble_size",
-            exp["ensemble_size"],
-            "two ensembles of",
-        ),
-        "dataset": (
-            exp["dataset"]["samples"] * size,
-            "dataset.samples",
-            exp["dataset"]["samples"],
-            "snapshots of",
-        ),
+    entries = math.prod(state_shape(exp["system"]))
+    state_bytes = entries * (4 if cfg["dtype"] == "float32" else 8)
+    needs = {  # stage: (key, its value, states held, what they are)
+        "assimilate": ("ensemble_size", exp["ensemble_size"], 2 * exp["ensemble_size"], "two ensembles of"),
+        "dataset": ("dataset.samples", exp["dataset"]["samples"], exp["dataset"]["samples"], "snapshots of"),
     }
-    for stage, (nbytes, key, value, what) in needs.items():
-        mem_mb = cfg["resources"][stage]["mem_mb"]
-        if nbytes / 2**20 > mem_mb:
+    for stage, (key, value, states, what) in needs.items():
+        mb, mem_mb = states * state_bytes / 2**20, cfg["resources"][stage]["mem_mb"]
+        if mb > mem_mb:
             raise ConfigError(
-                f"{where}.{key}: {value} needs at least {nbytes / 2**20:,.0f} MB ({what} "
-                f"{size // (4 if cfg['dtype'] == 'float32' else 8):,} {cfg['dtype']} entries), more than "
-                f"resources.{stage}.mem_mb = {mem_mb}; allowed: a smaller {key} or a larger mem_mb"
+                f"{where}.{key}: {value} needs at least {mb:,.0f} MB ({what} {entries:,} {cfg['dtype']} "
+                f"entries), more than resources.{stage}.mem_mb = {mem_mb}; allowed: a smaller {key} or a "
+                "larger mem_mb"
             )
 
 

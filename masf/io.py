@@ -49,6 +49,14 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
+def corrupt_netcdf(path: Path, err: BaseException) -> CorruptFileError:
+    """The one-line error for a NetCDF file at ``path`` that failed to open with ``err``."""
+    return CorruptFileError(
+        f"{path} cannot be read as NetCDF ({first_line(err)}); it is truncated or corrupt: "
+        "delete it and rerun the step that writes it (snakemake reruns it)"
+    )
+
+
 def set_aside(path: str | Path) -> Path:
     """Rename a corrupt file to ``<name>.corrupt`` (``.corrupt-1``, ... if taken) beside it; return the new path."""
     p = Path(path)
@@ -132,7 +140,4 @@ def read_dataset(path: str | Path) -> xr.Dataset:
         with xr.open_dataset(p, engine="netcdf4") as ds:
             return ds.load()
     except (OSError, ValueError, RuntimeError) as err:
-        raise CorruptFileError(
-            f"{p} cannot be read as NetCDF ({first_line(err)}); it is truncated or corrupt: "
-            "delete it and rerun the step that writes it (snakemake reruns it)"
-        ) from err
+        raise corrupt_netcdf(p, err) from err
