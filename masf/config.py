@@ -112,6 +112,7 @@ OPERATOR_DIMS: dict[str, tuple[int, ...]] = {
     "every_kth": (1,),
     "identity": (1, 2),
     "sigmoid": (1, 2),
+    "arctan": (1, 2),
     "speed": (2,),
 }
 LINEAR_OPERATORS = frozenset({"mask", "grid_mask", "center_mask", "random_mask", "every_kth", "identity"})
@@ -126,6 +127,7 @@ OPERATOR_PARAMS: dict[str, dict[str, Kind]] = {
     "every_kth": {"k": "int+", "offset": "int0"},
     "identity": {},
     "sigmoid": {"alpha": "num+"},
+    "arctan": {},
     "speed": {"threshold": "num", "sharpness": "num+"},
 }
 
@@ -168,6 +170,15 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
     },
     "sf": {"nfe": "int+", "sigma_max": "num+", "tol": "num+", "constant_step": "bool", **_NETWORK},
     "ssls": {"sigma": "num+", "nfe": "int+", "step": "num+", "decay": "num0", "tol": "num+", **_NETWORK},
+    "ensf": {
+        "nfe": "int+",
+        "eps_alpha": "frac",
+        "eps_beta": "frac",
+        "prior_score": ("mixture", "paired"),
+        "bandwidth": "num0",
+        "inflation": "num1",
+        "tol": "num+",
+    },
     "enkf": {
         "variant": ("sqrt", "pertobs"),
         "inflation": "num1",

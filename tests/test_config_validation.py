@@ -439,7 +439,7 @@ def test_filter_table_matches_dataclass_fields(name):
 
 def test_filter_choices_match_the_filters():
     from masf.diffusion import samplers
-    from masf.filters import enkf, localization, masf, particle
+    from masf.filters import enkf, ensf, localization, masf, particle
 
     assert set(mc.FILTER_PARAMS["masf"]["sampler"]) == set(samplers.SAMPLERS)
     assert set(mc.FILTER_PARAMS["masf"]["eval_time"]) == set(masf.EVAL_TIMES)
@@ -449,6 +449,7 @@ def test_filter_choices_match_the_filters():
     assert set(mc.FILTER_PARAMS["enkf"]["mode"]) == set(enkf.MODES)
     assert set(mc.FILTER_PARAMS["letkf"]["taper"]) == set(localization.TAPERS)
     assert set(mc.FILTER_PARAMS["pf"]["resampling"]) == set(particle.RESAMPLING)
+    assert set(mc.FILTER_PARAMS["ensf"]["prior_score"]) == set(ensf.PRIOR_SCORES)
 
 
 def test_score_choices_match_the_networks_and_normalizer():
@@ -489,7 +490,7 @@ def test_operator_fit_and_linearity_match_the_operators():
 
     example = {"mask": {}, "grid_mask": {"stride": 2}, "center_mask": {"hole_ratio": 0.5}}
     example |= {"random_mask": {"fraction": 0.5, "seed": 0}, "every_kth": {"k": 2}, "identity": {}}
-    example |= {"sigmoid": {"alpha": 2.0}, "speed": {}}
+    example |= {"sigmoid": {"alpha": 2.0}, "arctan": {}, "speed": {}}
     shapes = {1: (8,), 2: (2, 8, 8)}
     for name, params in example.items():
         for dims, shape in shapes.items():

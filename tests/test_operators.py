@@ -7,6 +7,7 @@ import torch
 
 from masf.operators import (
     OPERATORS,
+    Arctan,
     Mask,
     Sigmoid,
     Speed,
@@ -95,9 +96,10 @@ def test_explicit_mask_apply_jvp_vjp_and_observed_index():
     [
         grid_mask((2, 12, 12), stride=3, noise_std=0.1),
         Sigmoid(2.0, 0.1, state_shape=(2, 12, 12)),
+        Arctan(0.1, state_shape=(2, 12, 12)),
         Speed(0.1, state_shape=(2, 12, 12)),
     ],
-    ids=["grid", "sigmoid", "speed"],
+    ids=["grid", "sigmoid", "arctan", "speed"],
 )
 def test_noise_statistics_on_every_entry(op):
     x = 1.5 * torch.randn(400, 2, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -132,14 +134,31 @@ def test_sigmoid_and_speed_values():
     assert float(Speed(0.1, threshold=1.0, sharpness=5.0)(x).max()) == 0.5
 
 
+def test_arctan_values_and_jacobian_closed_form():
+    """arctan at known points, and J_H = 1/(1 + x²) on the diagonal (EnSF's analytic likelihood score)."""
+    x = torch.tensor([[0.0, 1.0, -1.0, 3.0**0.5, 50.0]], dtype=torch.float64)
+    pi = torch.pi
+    expected = torch.tensor([[0.0, pi / 4, -pi / 4, pi / 3, float(torch.atan(torch.tensor(50.0)))]])
+    op = make_operator("arctan", (5,), noise_std=0.05)
+    assert isinstance(op, Arctan) and not op.linear
+    torch.testing.assert_close(op(x), expected.to(x))
+    torch.testing.assert_close(op.vjp(x, torch.ones_like(x)), 1.0 / (1.0 + x * x))
+    with pytest.raises(ValueError, match="arctan: x must be shaped"):
+        op(torch.zeros(1, 4))
+
+
 def _central_differences(fn, x: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (fn(x + eps * v) - fn(x - eps * v)) / (2 * eps)
 
 
 @pytest.mark.parametrize(
     "op",
-    [Sigmoid(2.0, 0.1, state_shape=(2, 5, 5)), Speed(0.1, state_shape=(2, 5, 5))],
-    ids=["sigmoid", "speed"],
+    [
+        Sigmoid(2.0, 0.1, state_shape=(2, 5, 5)),
+        Arctan(0.1, state_shape=(2, 5, 5)),
+        Speed(0.1, state_shape=(2, 5, 5)),
+    ],
+    ids=["sigmoid", "arctan", "speed"],
 )
 def test_jvp_and_vjp_match_finite_differences(op):
     g = torch.Generator().manual_seed(2)
@@ -182,6 +201,7 @@ def test_make_operator_names_and_round_trip():
         "every_kth",
         "identity",
         "sigmoid",
+        "arctan",
         "speed",
     }
     shape = (2, 16, 16)

@@ -12,6 +12,7 @@ name         class                                        module
 masf         MASF (sampler reference, bridge, nonlinear)  masf.filters.masf
 sf           SF (score-based filter, Bao et al.)          masf.filters.sf
 ssls         SSLS (sequential Langevin sampling)          masf.filters.ssls
+ensf         EnSF (training-free ensemble score filter)   masf.filters.ensf
 enkf         EnKF (square-root or perturbed obs.)         masf.filters.enkf
 letkf        LETKF (local ETKF, Gaspari-Cohn)             masf.filters.letkf
 pf           ParticleFilter (bootstrap)                   masf.filters.particle
@@ -30,6 +31,7 @@ FILTERS: dict[str, tuple[str, str]] = {
     "masf": ("masf.filters.masf", "MASF"),
     "sf": ("masf.filters.sf", "SF"),
     "ssls": ("masf.filters.ssls", "SSLS"),
+    "ensf": ("masf.filters.ensf", "EnSF"),
     "enkf": ("masf.filters.enkf", "EnKF"),
     "letkf": ("masf.filters.letkf", "LETKF"),
     "pf": ("masf.filters.particle", "ParticleFilter"),

@@ -11,10 +11,11 @@ from typing import Any
 
 from masf.operators.base import Operator, check_state_shape
 from masf.operators.masks import Mask, center_mask, every_kth, grid_mask, identity, random_mask
-from masf.operators.nonlinear import Sigmoid, Speed
+from masf.operators.nonlinear import Arctan, Sigmoid, Speed
 
 __all__ = [
     "OPERATORS",
+    "Arctan",
     "Mask",
     "Operator",
     "Sigmoid",
@@ -39,6 +40,10 @@ def _sigmoid(state_shape: tuple[int, ...], alpha: float, noise_std: float) -> Si
     return Sigmoid(alpha, noise_std, state_shape=state_shape)
 
 
+def _arctan(state_shape: tuple[int, ...], noise_std: float) -> Arctan:
+    return Arctan(noise_std, state_shape=state_shape)
+
+
 def _speed(
     state_shape: tuple[int, ...], noise_std: float, threshold: float = 3.0, sharpness: float = 1.0
 ) -> Speed:
@@ -53,6 +58,7 @@ _BUILDERS: dict[str, Callable[..., Operator]] = {
     "every_kth": every_kth,
     "identity": identity,
     "sigmoid": _sigmoid,
+    "arctan": _arctan,
     "speed": _speed,
 }
 

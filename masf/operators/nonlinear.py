@@ -1,6 +1,8 @@
 """Nonlinear measurement operators (method.md §9); Jacobian products come from autograd.
 
 - ``Sigmoid``: z = sigmoid(α x) elementwise (α = 2 in the reference).
+- ``Arctan``: z = arctan(x) elementwise (the EnSF benchmarks' operator, Bao, Zhang & Zhang 2024); its
+  Jacobian 1/(1 + x²) vanishes for large |x|, so large values are nearly unobservable.
 - ``Speed``: q = sigmoid(s · (u² + v² − τ)) with threshold τ = 3 and sharpness s = 1 on a velocity
   state (2, n, n); q is copied to both channels, and each copy gets its own noise, so the noise variance
   on q is effectively halved ("channel-coupled").
@@ -45,6 +47,16 @@ class Sigmoid(Operator):
 
     def params(self) -> dict[str, float | int | str]:
         return {**super().params(), "alpha": self.alpha}
+
+
+class Arctan(Operator):
+    """H(x) = arctan(x) elementwise; any state shape (checked against ``state_shape`` if given)."""
+
+    name = "arctan"
+    linear = False
+
+    def apply(self, x: Tensor) -> Tensor:
+        return torch.atan(x)
 
 
 class Speed(Operator):
