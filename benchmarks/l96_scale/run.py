@@ -107,11 +107,15 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dims", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=list(OPERATORS))
-    parser.add_argument("--repeats", type=int, default=3, help="analyses per configuration (the first one is reported apart)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="analyses per configuration (the first one is reported apart)"
+    )
     parser.add_argument("--quick", action="store_true", help="nfe 10 and 1 repeat: a smoke run, not a result")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--one", nargs=3, metavar=("DIM", "OPERATOR", "METHOD"), help=argparse.SUPPRESS)
@@ -126,7 +130,16 @@ def main() -> None:
     for operator in args.operators:
         for method in args.methods:
             for dim in args.dims:
-                cmd = [sys.executable, __file__, "--one", str(dim), operator, method, "--repeats", str(repeats)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    str(dim),
+                    operator,
+                    method,
+                    "--repeats",
+                    str(repeats),
+                ]
                 if nfe is not None:
                     cmd += ["--nfe", str(nfe)]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -142,7 +155,11 @@ def main() -> None:
     exponents = {}
     for operator in args.operators:
         for method in args.methods:
-            pts = [(r["dim"], r["analysis_median_s"]) for r in rows if r["operator"] == operator and r["method"] == method]
+            pts = [
+                (r["dim"], r["analysis_median_s"])
+                for r in rows
+                if r["operator"] == operator and r["method"] == method
+            ]
             if len(pts) >= 2:
                 exponents[f"{operator}/{method}"] = slope(pts)
     result = {
