@@ -212,3 +212,16 @@ def test_operator_without_vjp_is_refused() -> None:
 
     with pytest.raises(ValueError, match="ensf: operator must provide vjp"):
         EnSF().check_operator(Bare())
+
+
+def test_unstable_step_for_a_mask_operator_is_refused_with_the_nfe_that_works() -> None:
+    """σ = 0.1 on a mask: Δ g² h/σ² reaches 5 at nfe 20 (Euler needs < 2); the error names nfe >= 80,
+    and at that nfe the analysis is finite and pulls the observed entries to the measurement."""
+    prior = 1.0 + torch.randn(8, 16, generator=torch.Generator().manual_seed(2))
+    op = make_operator("every_kth", (16,), k=2, noise_std=0.1)
+    z = torch.zeros(16)
+    with pytest.raises(ValueError, match=r"nfe=20 is unstable for noise_std=0.1.*use nfe >= 80"):
+        EnSF(nfe=20).analyse(prior, z, op, Context(generator(0, "sampling")))
+    post = EnSF(nfe=80).analyse(prior, z, op, Context(generator(0, "sampling")))
+    assert bool(torch.isfinite(post).all())
+    assert float(post.mean(0)[::2].abs().mean()) < 0.5 * float(prior.mean(0)[::2].abs().mean())

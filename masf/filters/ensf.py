@@ -106,6 +106,17 @@ def sample_ensf(
     return x
 
 
+def likelihood_stiffness(nfe: int, eps_alpha: float, eps_beta: float, noise_std: float) -> float:
+    """max_k Δ g(t_k)² h(t_k) / σ²: the explicit step's gain on the likelihood of a unit-Jacobian entry.
+
+    Euler on x' = −c x is stable only for Δ c < 2; a linear (mask) operator makes the likelihood drift
+    exactly g² h (z − x)/σ² on observed entries, so a gain >= 2 makes the sampler diverge.
+    """
+    dt = 1.0 / nfe
+    gains = (dt * schedule(1.0 - k * dt, eps_alpha, eps_beta)[3] * (k * dt) for k in range(nfe))
+    return max(gains) / noise_std**2
+
+
 def standard_start(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
     """N(0, I) draws (N, *S) standardized over the N samples entry by entry (mean 0, unbiased std 1)."""
     x = randn(shape, generator, like.dtype, like.device)
@@ -167,12 +178,24 @@ class EnSF:
         """Analysis ensemble (N, *S) from the forecast (N, *S) and the measurement z (*S)."""
         self.check_operator(operator)
         check_analysis_input(prior, z, self.name)
+        sigma = float(operator.noise_std)
+        if (
+            getattr(operator, "linear", False)
+            and likelihood_stiffness(self.nfe, self.eps_alpha, self.eps_beta, sigma) >= 2.0
+        ):
+            need = self.nfe
+            while likelihood_stiffness(need, self.eps_alpha, self.eps_beta, sigma) >= 2.0:
+                need *= 2
+            raise ValueError(
+                f"ensf: nfe={self.nfe} is unstable for noise_std={sigma:g} (the Euler step overshoots the "
+                f"likelihood); use nfe >= {need}, or a larger noise_std (docs/ensf.md)"
+            )
         n = prior.shape[0]
         mean, anomalies = inflated_anomalies(prior.reshape(n, -1), self.inflation)
         members = (mean + anomalies).reshape(prior.shape)
         kernel = self.bandwidth * anomalies.var(dim=0).reshape(prior.shape[1:])
         z = z.to(prior)
-        inv_r = 1.0 / float(operator.noise_std) ** 2
+        inv_r = 1.0 / sigma**2
 
         def score(x: Tensor, t: float) -> Tensor:
             alpha, beta2, _, _ = schedule(t, self.eps_alpha, self.eps_beta)
