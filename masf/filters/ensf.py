@@ -169,15 +169,15 @@ class EnSF:
         object.__setattr__(self, "tol", check_number(self.tol, "tol", self.name, low=0.0))
 
     def check_operator(self, operator: Any) -> None:
-        """Accepts every masf operator (linear or not): the likelihood score is J_Hᵀ (z − H(x))/σ²."""
+        """Accepts every masf operator (linear or not): the likelihood score is J_Hᵀ (z − H(x))/σ².
+
+        On a linear operator it also refuses an ``nfe`` whose Euler step overshoots the likelihood
+        (``likelihood_stiffness`` >= 2), naming the ``nfe`` that works; ``run`` calls this before the
+        first forecast.
+        """
         check_any_operator(operator, self.name)
         if not callable(getattr(operator, "vjp", None)):
             raise ValueError(f"ensf: operator must provide vjp(x, w) (a masf operator), got {operator!r}")
-
-    def analyse(self, prior: Tensor, z: Tensor, operator: Any, ctx: Context) -> Tensor:
-        """Analysis ensemble (N, *S) from the forecast (N, *S) and the measurement z (*S)."""
-        self.check_operator(operator)
-        check_analysis_input(prior, z, self.name)
         sigma = float(operator.noise_std)
         if (
             getattr(operator, "linear", False)
@@ -190,6 +190,12 @@ class EnSF:
                 f"ensf: nfe={self.nfe} is unstable for noise_std={sigma:g} (the Euler step overshoots the "
                 f"likelihood); use nfe >= {need}, or a larger noise_std (docs/ensf.md)"
             )
+
+    def analyse(self, prior: Tensor, z: Tensor, operator: Any, ctx: Context) -> Tensor:
+        """Analysis ensemble (N, *S) from the forecast (N, *S) and the measurement z (*S)."""
+        self.check_operator(operator)
+        check_analysis_input(prior, z, self.name)
+        sigma = float(operator.noise_std)
         n = prior.shape[0]
         mean, anomalies = inflated_anomalies(prior.reshape(n, -1), self.inflation)
         members = (mean + anomalies).reshape(prior.shape)
