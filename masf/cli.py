@@ -437,5 +437,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """``masf`` / ``python -m masf.cli``: :func:`main`, then leave without the interpreter's teardown.
+
+    Every pipeline job is one such process, and tearing down torch's modules costs about 0.7 s of a
+    job that may compute for less than that (benchmarks/sweep_overhead/). Output files are already
+    fsynced (masf.io); the streams are flushed here. An exception leaves the normal way, traceback and all.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "sweep.schema.yaml"
@@ -281,14 +280,20 @@ def _check_finite(value: Any, where: list[str]) -> None:
             _check_finite(v, [*where[:-1], f"{where[-1]}[{i}]"] if where else [f"[{i}]"])
 
 
-# JSON schema "integer" accepts 6.0; a sweep file means an int where it says integer
-_STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-    "integer", lambda _checker, v: isinstance(v, int) and not isinstance(v, bool)
-)
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES)
+def _validator(schema: dict[str, Any]) -> Any:
+    """A JSON-schema validator of ``schema`` whose "integer" refuses 6.0 (a sweep file means an int there).
+
+    jsonschema is imported here, not at the top: every CLI job imports this module, only validation needs it.
+    """
+    import jsonschema
+
+    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, v: isinstance(v, int) and not isinstance(v, bool)
+    )
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(schema)
 
 
-def _schema_message(error: jsonschema.ValidationError) -> str:
+def _schema_message(error: Any) -> str:
     where = _path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -554,10 +559,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Schema-check ``cfg``, fill defaults, cross-check; returns a new, complete config dict."""
     _check_finite(cfg, [])
     schema = load_schema()
-    validator = _Validator(schema)
-    errors = list(validator.iter_errors(cfg))
+    errors = list(_validator(schema).iter_errors(cfg))
     if errors:
-        raise ConfigError(_schema_message(jsonschema.exceptions.best_match(errors)))
+        from jsonschema.exceptions import best_match
+
+        raise ConfigError(_schema_message(best_match(errors)))
     out = copy.deepcopy(cfg)
     _fill_defaults(out, schema, schema)
     check_config(out)

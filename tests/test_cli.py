@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,45 @@ def test_masf_help_lists_every_command():
     assert done.returncode == 0
     for name in COMMANDS:
         assert name in done.stdout
+
+
+def test_the_fast_exit_keeps_the_exit_status_and_every_line_of_piped_output(tmp_path):
+    # `python -m masf.cli` leaves through os._exit (no interpreter teardown): the buffered streams of a
+    # pipe must still be flushed, and main's status must be the process's (PYTHONUNBUFFERED would hide
+    # a missing flush)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        [sys.executable, "-m", "masf.cli", "validate", TEST_CONFIG],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"{TEST_CONFIG}: ok (")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(TEST_CONFIG).read_text().replace("dtype: float32", "dtype: float16"))
+    done = subprocess.run(
+        [sys.executable, "-m", "masf.cli", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("masf config error: dtype") and "float16" in done.stderr
+
+
+def test_an_assimilate_job_imports_neither_scipy_nor_jsonschema():
+    # each pipeline job is a process: what the assimilate command imports, every one of thousands pays
+    code = (
+        "import sys, masf.cli, masf.assimilate, masf.systems, masf.operators, masf.filters, masf.io; "
+        "print(sorted({'scipy', 'jsonschema'} & {m.split('.')[0] for m in sys.modules}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", COMMANDS)

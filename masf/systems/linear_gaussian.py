@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -174,6 +173,8 @@ class LinearGaussian:
         rho = float(torch.linalg.eigvals(self.F).abs().max())
         if rho >= 1.0:
             raise ValueError(f"{self.name}: F has spectral radius {rho:.4g} >= 1; no stationary covariance")
+        import scipy.linalg  # here, not at the top: every CLI job imports this module, few call this
+
         p = scipy.linalg.solve_discrete_lyapunov(self.F.numpy(), self.Q.numpy())
         return torch.from_numpy(np.ascontiguousarray(0.5 * (p + p.T)))
 
