@@ -44,6 +44,15 @@ wildcard_constraints:
 report: "workflow/report/workflow.rst"
 
 
+# On a cluster, a profile may bundle the short CPU jobs (simulations, and runs of the classical filters)
+# into few cluster jobs: those jobs belong to the groups "simulations" and "runs", `--group-components`
+# sets how many jobs one cluster job holds, and each job holds one `group_slots`, so that
+# `--resources group_slots=S` caps how many run at once inside one (profiles/README.md, "Grouped
+# jobs"). Local runs ignore groups.
+resource_scopes:
+    group_slots="local",
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/dataset.smk"

@@ -158,8 +158,16 @@ class Executor(RemoteExecutor):
         return self._partitions
 
     def _is_checkpointable(self, job: JobExecutorInterface) -> bool:
-        flag = job.resources.get("checkpointable", 0)
-        return job.name in self.checkpointable_rules or str(flag).lower() in ("1", "true", "yes")
+        """Whether a timeout requeues the job: one of its rules is listed, or it has checkpointable > 0.
+
+        A group job (a bundle of jobs in one cluster job) qualifies when any of its jobs does: its
+        requeued start reruns the whole bundle, and the members that cannot resume start over, which is
+        what a retry would do. Its ``checkpointable`` resource is the sum over the jobs running at once.
+        """
+        flag = str(job.resources.get("checkpointable", 0)).strip().lower()
+        if flag in ("true", "yes") or (flag.isdigit() and int(flag) > 0):
+            return True
+        return any(str(name) in self.checkpointable_rules for name in job.rules)
 
     def _make_executor(self, job: JobExecutorInterface) -> submitit.AutoExecutor:
         """A fresh submitit executor for one job (parameters of one job never leak into another)."""

@@ -250,6 +250,30 @@ def test_checkpoint_stops_the_command_gracefully_and_resubmits_it(tmp_path):
     assert _read_state(output) == {"step": 4, "starts": 2}
 
 
+@pytest.mark.parametrize(
+    ("rules", "resources", "expected"),
+    [
+        (["pretrain"], {}, True),  # listed in --submitit-checkpointable-rules
+        (["assimilate"], {}, False),
+        (["assimilate"], {"checkpointable": 1}, True),  # the resource opts in
+        (["assimilate"], {"checkpointable": "yes"}, True),
+        (["assimilate"], {"checkpointable": 0}, False),
+        # a group job: its rules, and the resource summed over the jobs that run at once
+        ({"assimilate", "pretrain"}, {}, True),
+        ({"assimilate", "simulate"}, {"checkpointable": 2}, True),
+        ({"assimilate", "simulate"}, {"checkpointable": 0}, False),
+    ],
+)
+def test_a_job_or_a_group_is_checkpointable_when_any_of_its_rules_is(rules, resources, expected):
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_submitit import Executor
+
+    executor = SimpleNamespace(checkpointable_rules={"pretrain"})
+    job = SimpleNamespace(rules=rules, resources=resources)
+    assert Executor._is_checkpointable(executor, job) is expected
+
+
 # ---- the plugin through snakemake --------------------------------------------------------------------
 
 

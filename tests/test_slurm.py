@@ -26,6 +26,8 @@ from test_executor_plugin import (
     wait_for,
 )
 
+from masf import config as mc
+
 pytestmark = pytest.mark.service
 
 #: The CPU-only profile, with fast polling (the profile's values are meant for a shared cluster).
@@ -201,20 +203,66 @@ def _release_begin_time_holds(workdir: Path, rule: str, stop: threading.Event) -
                 held_since.pop(job)
 
 
+#: Bundle 50 jobs of rule square into one SLURM job (group "sq"), one at a time on the 2-CPU node.
+SQUARES_IN_GROUPS = ["--groups", "square=sq", "--group-components", "sq=50", "--resources", "group_slots=1"]
+
+
 @pytest.mark.slow
-def test_too_short_runtime_requeues_the_job_until_it_completes(tmp_path):
+def test_four_hundred_jobs_run_as_nine_slurm_jobs_with_the_right_outputs(tmp_path):
+    work = toy_workdir(tmp_path)
+    done = snakemake(work, *ON_SLURM, *SQUARES_IN_GROUPS, "--config", "squares=400", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundles, totals = job_ids(work, "sq_square"), job_ids(work, "total")
+    assert len(bundles) == 8 and len(totals) == 1
+    states = wait_for_final_states(bundles + totals)
+    assert states == {i: ["COMPLETED"] for i in bundles + totals}
+    # what a run without cluster writes (known answers: i^2 each, and their sum)
+    squares = {f"square/{i}.txt": f"{i * i}\n".encode() for i in range(400)}
+    assert result_files(work) == {**squares, "sum.txt": f"{sum(i * i for i in range(400))}\n".encode()}
+    # a bundle asks for what runs at once (1 x 1 CPU, 1 x 200 MB) and its 50 jobs one after the other
+    script = (
+        work / "logs" / "submitit" / "sq_square" / bundles[0] / f"{bundles[0]}_submission.sh"
+    ).read_text()
+    for line in ("#SBATCH --cpus-per-task=1", "#SBATCH --mem=200MB", "#SBATCH --time=250"):
+        assert line in script
+
+
+@pytest.mark.slow
+def test_a_failing_job_inside_a_group_is_retried_with_its_group(tmp_path):
+    work = toy_workdir(tmp_path)
+    grouped = ["--groups", "square=g", "flaky=g", "--group-components", "g=4", "--resources", "group_slots=2"]
+    done = snakemake(
+        work, *ON_SLURM, *grouped, "--retries", "1", "--config", "squares=3", "flaky=1", timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundles = job_ids(work, "g_flaky_square")
+    assert len(bundles) == 2  # the first start of the bundle failed (flaky), its retry completed
+    assert [s[-1] for s in wait_for_final_states(bundles).values()] == ["FAILED", "COMPLETED"]
+    assert (work / "state" / "flaky.attempts").read_text().count("attempt") == 2
+    assert (work / "results" / "flaky.txt").read_text() == "ok\n"
+    assert (work / "results" / "sum.txt").read_text() == "5\n"
+
+
+@pytest.mark.slow
+def test_too_short_runtime_requeues_a_group_until_it_completes(tmp_path):
     # 60 steps of 1 s with a 2-minute limit and USR2 60 s before it: SLURM signals 30-60 s after the
     # start, so the first start is always interrupted; the job resumes from its state file under the
-    # same job id (requeue), as often as needed.
+    # same job id (requeue), as often as needed. It shares one SLURM job (a group) with a square, which
+    # cannot resume and starts over with each start. The plain job's requeue is tested on submitit's
+    # local cluster (test_executor_plugin.py); here a bundle is requeued on a real SLURM.
     work = toy_workdir(tmp_path)
     stop = threading.Event()
-    releaser = threading.Thread(target=_release_begin_time_holds, args=(work, "resumable", stop), daemon=True)
+    releaser = threading.Thread(
+        target=_release_begin_time_holds, args=(work, "g_resumable_square", stop), daemon=True
+    )
     releaser.start()
     try:
         done = snakemake(
             work,
             *ON_SLURM,
             *["--submitit-signal-delay", "60", "--retries", "0"],
+            *["--groups", "resumable=g", "square=g", "--group-components", "g=2"],
+            *["--set-resources", "square:runtime=1"],  # the bundle's limit: the longer of the two, 2 min
             *["--config", "squares=1", "resume_steps=60", "resume_runtime=2"],
             timeout=540,
         )
@@ -224,7 +272,8 @@ def test_too_short_runtime_requeues_the_job_until_it_completes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = (work / "results" / "resumed.json").read_text()
     assert '"step": 60' in state
-    (job,) = job_ids(work, "resumable")
+    assert (work / "results" / "sum.txt").read_text() == "0\n"
+    (job,) = job_ids(work, "g_resumable_square")
     states = wait_for_final_states([job])[job]
     assert states[-1] == "COMPLETED" and "REQUEUED" in states
     assert f'"starts": {len(states)}' in state  # one start per SLURM run of the same job id
@@ -254,7 +303,17 @@ def test_pipeline_test_config_on_slurm(tmp_path):
     config = REPO / "config" / "test.yaml"
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
     done = subprocess.run(
-        [*command, "--directory", str(tmp_path), "--configfile", str(config), *ON_SLURM],
+        # the profile bundles the classical runs and the simulations; two at a time on the 2-CPU node
+        [
+            *command,
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(config),
+            *ON_SLURM,
+            "--resources",
+            "group_slots=2",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -266,6 +325,14 @@ def test_pipeline_test_config_on_slurm(tmp_path):
     assert ids
     states = wait_for_final_states(ids)
     assert {i: s for i, s in states.items() if s != ["COMPLETED"]} == {}
+    # the 10 runs of the classical methods went as one SLURM job, the 2 simulations as another, and every
+    # score-based run (a GPU job on a real cluster) as its own
+    cfg = mc.load_validated(str(config))
+    classical = [r for r in mc.runs(cfg) if not mc.is_score_based(cfg, r["method"])]
+    assert len(classical) == 10
+    assert len(job_ids(tmp_path, "runs_assimilate")) == 1
+    assert len(job_ids(tmp_path, "simulations_simulate")) == 1
+    assert len(job_ids(tmp_path, "assimilate")) == len(mc.runs(cfg)) - len(classical)
 
 
 @pytest.mark.slow

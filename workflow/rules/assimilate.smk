@@ -1,6 +1,7 @@
 # assimilate: (experiment, operator, method, seed) -> one run file (analysis means, spread, metrics,
 # timings, status ok|diverged). Score-based methods also take their checkpoint and a GPU if configured;
-# they and the climatology reference take the climatology snapshots.
+# they and the climatology reference take the climatology snapshots. Runs of the other methods are in
+# the group "runs" (see the Snakefile): short CPU jobs that a cluster profile may bundle.
 
 
 rule assimilate:
@@ -16,7 +17,9 @@ rule assimilate:
     benchmark:
         mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}")
     threads: res("assimilate", "threads")
+    group: lambda wc: None if mc.is_score_based(CFG, wc.method) else "runs"
     resources:
+        group_slots=1,
         mem_mb=res("assimilate", "mem_mb"),
         runtime=res("assimilate", "runtime"),
         gpu=lambda wc: res("assimilate", "gpu") if mc.is_score_based(CFG, wc.method) else 0,

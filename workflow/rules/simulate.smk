@@ -1,5 +1,5 @@
 # simulate: (experiment, seed) -> the truth at every observation time and the observations of every
-# operator of the experiment (one NetCDF). CPU only.
+# operator of the experiment (one NetCDF). CPU only; in the group "simulations" (see the Snakefile).
 
 
 rule simulate:
@@ -12,7 +12,9 @@ rule simulate:
     benchmark:
         mc.BENCHMARK.format(stage="simulate", name="{experiment}/seed{seed}")
     threads: res("simulate", "threads")
+    group: "simulations"
     resources:
+        group_slots=1,
         mem_mb=res("simulate", "mem_mb"),
         runtime=res("simulate", "runtime"),
     shell:
