@@ -202,7 +202,7 @@ class Executor(RemoteExecutor):
             if self.settings.cluster == "slurm":
                 gpus = 0 if self.settings.ignore_gpu else requested_gpus(job.resources)
                 partition = job.resources.get("slurm_partition") or None
-                check_request(self._cluster_partitions(), job.name, partition, gpus)
+                check_request(self._cluster_partitions(), job.name, partition, gpus, max(1, int(job.threads)))
             executor = self._make_executor(job)
         except (ClusterCheckError, ResourceError) as error:
             self.report_job_error(info, msg=f"submitit: job not submitted: {error}\n")

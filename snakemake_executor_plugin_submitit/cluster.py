@@ -1,6 +1,7 @@
-"""What the SLURM cluster offers (partitions, GPUs), checked before a job is submitted.
+"""What the SLURM cluster offers (partitions, CPUs per node, GPUs), checked before a job is submitted.
 
-A job that can never start (a partition that does not exist, a GPU request where no partition has GPUs)
+A job that can never start (a partition that does not exist, a GPU request where no partition has GPUs,
+more CPUs than any node has: sbatch accepts that and the job waits for ever with reason PartitionConfig)
 would otherwise sit in the queue for ever or fail with sbatch's terse message; these checks fail it at once
 with a message that names the problem and the fix.
 """
@@ -18,11 +19,12 @@ class ClusterCheckError(ValueError):
 
 @dataclass(frozen=True)
 class Partition:
-    """One SLURM partition as ``sinfo -h -o "%P %G"`` reports it."""
+    """One SLURM partition as ``sinfo -h -o "%P %c %G"`` reports it (``cpus``: its largest node's CPUs)."""
 
     name: str
     gres: tuple[str, ...]
     default: bool = False
+    cpus: int | None = None
 
     @property
     def has_gpus(self) -> bool:
@@ -31,26 +33,33 @@ class Partition:
 
 
 def parse_sinfo(text: str) -> dict[str, Partition]:
-    """Parse the output of ``sinfo -h -o "%P %G"`` (one line per partition and GRES set).
+    """Parse the output of ``sinfo -h -o "%P %c %G"`` (one line per partition, CPU count and GRES set).
 
     The default partition carries a ``*`` suffix; a partition without GRES shows ``(null)``. A partition
-    whose nodes differ in GRES appears on several lines; their GRES are merged.
+    whose nodes differ in CPUs or GRES appears on several lines; their GRES are merged and the largest CPU
+    count is kept.
     """
     partitions: dict[str, Partition] = {}
     for line in text.splitlines():
         fields = line.split()
-        if not fields:
+        if len(fields) < 2:
             continue
-        raw_name = fields[0]
+        raw_name, cpu_field, gres_fields = fields[0], fields[1].rstrip("+"), fields[2:]
         name = raw_name.rstrip("*")
+        cpus = int(cpu_field) if cpu_field.isdigit() else None
         gres = tuple(
-            g for field in fields[1:] for g in re.split(r",(?![^(]*\))", field) if g and g != "(null)"
+            g for field in gres_fields for g in re.split(r",(?![^(]*\))", field) if g and g != "(null)"
         )
         before = partitions.get(name)
         if before is not None:
             gres = before.gres + tuple(g for g in gres if g not in before.gres)
+            known = [c for c in (cpus, before.cpus) if c is not None]
+            cpus = max(known) if known else None
         partitions[name] = Partition(
-            name=name, gres=gres, default=raw_name.endswith("*") or (before is not None and before.default)
+            name=name,
+            gres=gres,
+            default=raw_name.endswith("*") or (before is not None and before.default),
+            cpus=cpus,
         )
     return partitions
 
@@ -65,7 +74,7 @@ def query_partitions(timeout_s: float = 30.0) -> dict[str, Partition]:
     """
     try:
         result = subprocess.run(
-            ["sinfo", "-h", "-o", "%P %G"], capture_output=True, text=True, timeout=timeout_s, check=False
+            ["sinfo", "-h", "-o", "%P %c %G"], capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise ClusterCheckError(
@@ -80,7 +89,9 @@ def query_partitions(timeout_s: float = 30.0) -> dict[str, Partition]:
     return parse_sinfo(result.stdout)
 
 
-def check_request(partitions: dict[str, Partition], rule: str, partition: str | None, gpus: int) -> None:
+def check_request(
+    partitions: dict[str, Partition], rule: str, partition: str | None, gpus: int, cpus: int = 1
+) -> None:
     """Refuse a job that the cluster can never run.
 
     Parameters
@@ -93,11 +104,14 @@ def check_request(partitions: dict[str, Partition], rule: str, partition: str | 
         The job's ``slurm_partition`` (``None``: SLURM's default partition).
     gpus:
         GPUs the job asks for.
+    cpus:
+        CPUs the job asks for (its threads; for a group job, the sum over the jobs that run at once).
 
     Raises
     ------
     ClusterCheckError
-        Unknown partition, or GPUs requested from a partition without GPUs.
+        Unknown partition, GPUs requested from a partition without GPUs, or more CPUs than the largest
+        node of the partition has.
     """
     if not partitions:
         return
@@ -128,6 +142,15 @@ def check_request(partitions: dict[str, Partition], rule: str, partition: str | 
             f"rule {rule} asks for gpu={gpus}, but partition {where} has no GPUs (sinfo GRES column). "
             f"Fix: {fix}."
         )
+    largest = max((p.cpus for p in candidates if p.cpus is not None), default=None)
+    if largest is not None and cpus > largest:
+        where = ", ".join(p.name for p in candidates)
+        raise ClusterCheckError(
+            f"rule {rule} asks for {cpus} CPUs, but the largest node of partition {where} has {largest} "
+            "(sinfo), so it would wait in the queue for ever. Fix: lower the stage's threads in the sweep "
+            f"file's resources, or, for a bundle of grouped jobs (it asks for group_slots x threads), "
+            f"group_slots in {PROFILE_HINT}."
+        )
 
 
 #: Known sbatch error messages and what to do about them.
@@ -148,7 +171,8 @@ _SBATCH_HINTS: tuple[tuple[str, str], ...] = (
     (
         r"requested node configuration is not available",
         "No node has that many CPUs, that much memory or those GPUs: lower threads, mem_mb or gpu for this "
-        "rule (config/sweep.yaml resources) or pick another partition.",
+        "rule (config/sweep.yaml resources), or group_slots for a bundle of grouped jobs (it asks for "
+        "group_slots x mem_mb), or pick another partition.",
     ),
     (
         r"time limit",

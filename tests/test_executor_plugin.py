@@ -154,7 +154,8 @@ def test_control_characters_in_string_resources_are_refused(resource, value):
 
 # ---- cluster checks ----------------------------------------------------------------------------------
 
-SINFO = "debug* (null)\ngpu gpu:a100:4\ngpu gpu:v100:2(S:0-1)\nbig (null)\n"
+#: `sinfo -h -o "%P %c %G"`: a partition per line and CPU count and GRES set of its nodes
+SINFO = "debug* 2 (null)\ngpu 32 gpu:a100:4\ngpu 16 gpu:v100:2(S:0-1)\nbig 128 (null)\n"
 
 
 def test_sinfo_output_is_parsed_into_partitions():
@@ -163,6 +164,20 @@ def test_sinfo_output_is_parsed_into_partitions():
     assert partitions["debug"].default and not partitions["gpu"].default
     assert partitions["gpu"].gres == ("gpu:a100:4", "gpu:v100:2(S:0-1)")
     assert partitions["gpu"].has_gpus and not partitions["debug"].has_gpus
+    assert {name: p.cpus for name, p in partitions.items()} == {"debug": 2, "gpu": 32, "big": 128}
+
+
+def test_more_cpus_than_the_largest_node_has_are_refused_naming_group_slots():
+    partitions = parse_sinfo(SINFO)
+    # a bundle of 8 one-thread runs on the 2-CPU default partition would pend for ever (PartitionConfig)
+    with pytest.raises(ClusterCheckError, match=r"runs_assimilate asks for 8 CPUs, but the largest node of "):
+        check_request(partitions, "runs_assimilate", None, 0, 8)
+    with pytest.raises(ClusterCheckError, match=r"partition debug has 2 \(sinfo\).*group_slots"):
+        check_request(partitions, "runs_assimilate", "debug", 0, 3)
+    check_request(partitions, "runs_assimilate", None, 0, 2)
+    check_request(partitions, "runs_assimilate", "gpu", 0, 32)  # the larger of its two node kinds
+    check_request(partitions, "runs_assimilate", "debug,big", 0, 100)
+    check_request(parse_sinfo("odd* N/A (null)\n"), "runs_assimilate", None, 0, 1000)  # unknown: no check
 
 
 def test_unknown_partition_is_refused_with_the_known_ones():
@@ -181,7 +196,7 @@ def test_gpu_request_on_a_partition_without_gpus_names_the_gpu_partition():
 
 def test_gpu_request_on_a_cpu_only_cluster_points_to_ignore_gpu():
     with pytest.raises(ClusterCheckError, match="--submitit-ignore-gpu"):
-        check_request(parse_sinfo("debug* (null)\n"), "pretrain", "debug", 1)
+        check_request(parse_sinfo("debug* 2 (null)\n"), "pretrain", "debug", 1)
 
 
 def test_sbatch_errors_get_a_hint_that_names_the_fix():

@@ -289,6 +289,10 @@ def test_impossible_requests_fail_at_once_with_the_fix(tmp_path):
     assert done.returncode != 0
     assert "rule square asks for gpu=1, but partition debug has no GPUs" in done.stderr
     assert "--submitit-ignore-gpu" in done.stderr
+    # more CPUs than the node has: sbatch would accept it and SLURM keep it pending for ever
+    done = snakemake(work, *plain, "--set-threads", "square=3", timeout=120)
+    assert done.returncode != 0
+    assert "rule square asks for 3 CPUs, but the largest node of partition debug has 2" in done.stderr
     assert not (work / "logs" / "submitit").exists()  # nothing was submitted
     # sbatch itself refuses (more memory than the node has): its message and a hint naming the fix
     done = snakemake(work, *plain, "--set-resources", "square:mem_mb=100000", timeout=120)
