@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from masf import ensf_schedule
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "sweep.schema.yaml"
 
 # Output layout (relative to the working directory); shared by the Snakefile and the CLI.
@@ -488,6 +490,22 @@ def check_config(cfg: dict[str, Any]) -> None:
                         f"but {oname!r} is {kind!r}; allowed samplers for it: nonlinear "
                         f"(or set {owhere}.methods)"
                     )
+                if method["filter"] == "ensf" and kind in LINEAR_OPERATORS:
+                    _check_ensf_steps(method, mname, op["noise_std"], owhere)
+
+
+def _check_ensf_steps(method: dict[str, Any], name: str, noise_std: float, owhere: str) -> None:
+    """EnSF's Euler steps must not overshoot the likelihood of a linear operator (masf.ensf_schedule):
+    an nfe that is fine alone diverges with a small enough noise_std (the filter refuses it too)."""
+    nfe = method.get("nfe", ensf_schedule.DEFAULT_NFE)
+    eps_alpha = method.get("eps_alpha", ensf_schedule.DEFAULT_EPS_ALPHA)
+    eps_beta = method.get("eps_beta", ensf_schedule.DEFAULT_EPS_BETA)
+    need = ensf_schedule.stable_nfe(nfe, eps_alpha, eps_beta, noise_std)
+    if need != nfe:
+        raise ConfigError(
+            f"methods.{name}.nfe: {nfe} is unstable with {owhere}.noise_std = {noise_std:g} (EnSF's Euler "
+            f"step overshoots the likelihood, docs/ensf.md); allowed: nfe >= {need}, or a larger noise_std"
+        )
 
 
 # Resolution levels of the UNets when ``levels`` is not given (masf.nets: channel_mult (1, 2, 2)).

@@ -63,6 +63,11 @@ def _misspell_filter(cfg: dict) -> None:
     cfg["methods"]["enkf"]["filtr"] = cfg["methods"]["enkf"].pop("filter")
 
 
+def _ensf_on_the_grid_mask(cfg: dict) -> None:
+    # nfe 20 is fine on l96 (noise_std 1.0) and diverges on the grid mask's noise_std 0.1
+    cfg["experiments"]["kolmogorov"]["methods"].append("ensf")
+
+
 # (id, mutation, text the one-line error must contain)
 BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("unknown-top-key", _set("bogus", 1), "(top level): unknown key 'bogus'"),
@@ -204,6 +209,12 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         "required-key-misspelt",
         _misspell_filter,
         "methods.enkf: required key 'filter' is missing; 'filtr' looks like a typo of it",
+    ),
+    (
+        "options-fine-alone-unstable-together",
+        _ensf_on_the_grid_mask,
+        "methods.ensf.nfe: 20 is unstable with experiments.kolmogorov.operators.grid.noise_std = 0.1 (EnSF's "
+        "Euler step overshoots the likelihood, docs/ensf.md); allowed: nfe >= 80, or a larger noise_std",
     ),
     ("typo-did-you-mean", _set("experiments.l96.cycels", 3), "unknown key 'cycels' (did you mean 'cycles'?)"),
     (

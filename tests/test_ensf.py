@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import masf.filters.ensf as ensf_module
+from masf.ensf_schedule import schedule
 from masf.filters import make_filter
 from masf.filters.base import Context
-from masf.filters.ensf import EnSF, mixture_weights, prior_score, sample_ensf, schedule, standard_start
+from masf.filters.ensf import EnSF, mixture_weights, prior_score, sample_ensf, standard_start
 from masf.operators import Arctan, identity, make_operator
 from masf.rng import generator
 

@@ -6,7 +6,7 @@ physical units. Forward process on t ∈ [0, 1] (the authors' linear schedule, �
     x_t = α_t x_0 + β_t ε,   α_t = 1 − (1 − ε_α) t,   β_t² = ε_β + (1 − ε_β) t,
     f(t) = d ln α_t / dt = −(1 − ε_α)/α_t,   g(t)² = dβ_t²/dt − 2 f(t) β_t² = (1 − ε_β) − 2 f(t) β_t²,
 
-so that dx = f x dt + g dW has the marginals above. With the kernel variance v ≥ 0 per entry
+so that dx = f x dt + g dW has the marginals above (masf.ensf_schedule, torch-free). With the kernel variance v ≥ 0 per entry
 (v = bandwidth · the members' per-entry variance) and V_t = α_t² v + β_t² (*S):
 
     mixture:  s(x, t) = (Σ_j w_j(x) α_t m_j − x) / V_t,   w(x) = softmax_j(−Σ_d (x − α_t m_j)_d² / (2 V_t,d))
@@ -34,6 +34,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from masf.ensf_schedule import (
+    DEFAULT_EPS_ALPHA,
+    DEFAULT_EPS_BETA,
+    DEFAULT_NFE,
+    schedule,
+    stable_nfe,
+)
 from masf.filters.base import Context
 from masf.filters.ensemble import inflated_anomalies
 from masf.filters.score_common import (
@@ -49,14 +56,6 @@ from masf.systems.base import randn
 PRIOR_SCORES = ("mixture", "paired")
 # Upper bound on the elements of one chunk of pairwise differences (rows · N · D) in the mixture score.
 _CHUNK_ELEMENTS = 1 << 24
-
-
-def schedule(t: float, eps_alpha: float, eps_beta: float) -> tuple[float, float, float, float]:
-    """(α_t, β_t², f(t), g(t)²) of the linear schedule at time t (module docstring)."""
-    alpha = 1.0 - (1.0 - eps_alpha) * t
-    beta2 = eps_beta + (1.0 - eps_beta) * t
-    f = -(1.0 - eps_alpha) / alpha
-    return alpha, beta2, f, (1.0 - eps_beta) - 2.0 * f * beta2
 
 
 def mixture_weights(x: Tensor, centres: Tensor, var: Tensor) -> Tensor:
@@ -106,17 +105,6 @@ def sample_ensf(
     return x
 
 
-def likelihood_stiffness(nfe: int, eps_alpha: float, eps_beta: float, noise_std: float) -> float:
-    """max_k Δ g(t_k)² h(t_k) / σ²: the explicit step's gain on the likelihood of a unit-Jacobian entry.
-
-    Euler on x' = −c x is stable only for Δ c < 2; a linear (mask) operator makes the likelihood drift
-    exactly g² h (z − x)/σ² on observed entries, so a gain >= 2 makes the sampler diverge.
-    """
-    dt = 1.0 / nfe
-    gains = (dt * schedule(1.0 - k * dt, eps_alpha, eps_beta)[3] * (k * dt) for k in range(nfe))
-    return max(gains) / noise_std**2
-
-
 def standard_start(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
     """N(0, I) draws (N, *S) standardized over the N samples entry by entry (mean 0, unbiased std 1)."""
     x = randn(shape, generator, like.dtype, like.device)
@@ -138,9 +126,9 @@ class EnSF:
         tol: per-sample RMS bound of the total score (> 0).
     """
 
-    nfe: int = 200
-    eps_alpha: float = 0.5
-    eps_beta: float = 0.025
+    nfe: int = DEFAULT_NFE
+    eps_alpha: float = DEFAULT_EPS_ALPHA
+    eps_beta: float = DEFAULT_EPS_BETA
     prior_score: str = "mixture"
     bandwidth: float = 0.0
     inflation: float = 1.0
@@ -172,20 +160,17 @@ class EnSF:
         """Accepts every masf operator (linear or not): the likelihood score is J_Hᵀ (z − H(x))/σ².
 
         On a linear operator it also refuses an ``nfe`` whose Euler step overshoots the likelihood
-        (``likelihood_stiffness`` >= 2), naming the ``nfe`` that works; ``run`` calls this before the
+        (``masf.ensf_schedule.likelihood_stiffness`` >= 2), naming the ``nfe`` that works; ``run`` calls this before the
         first forecast.
         """
         check_any_operator(operator, self.name)
         if not callable(getattr(operator, "vjp", None)):
             raise ValueError(f"ensf: operator must provide vjp(x, w) (a masf operator), got {operator!r}")
         sigma = float(operator.noise_std)
-        if (
-            getattr(operator, "linear", False)
-            and likelihood_stiffness(self.nfe, self.eps_alpha, self.eps_beta, sigma) >= 2.0
-        ):
-            need = self.nfe
-            while likelihood_stiffness(need, self.eps_alpha, self.eps_beta, sigma) >= 2.0:
-                need *= 2
+        if not getattr(operator, "linear", False):
+            return
+        need = stable_nfe(self.nfe, self.eps_alpha, self.eps_beta, sigma)
+        if need != self.nfe:
             raise ValueError(
                 f"ensf: nfe={self.nfe} is unstable for noise_std={sigma:g} (the Euler step overshoots the "
                 f"likelihood); use nfe >= {need}, or a larger noise_std (docs/ensf.md)"
