@@ -502,9 +502,14 @@ def _check_ensf_steps(method: dict[str, Any], name: str, noise_std: float, owher
     eps_beta = method.get("eps_beta", ensf_schedule.DEFAULT_EPS_BETA)
     need = ensf_schedule.stable_nfe(nfe, eps_alpha, eps_beta, noise_std)
     if need != nfe:
+        allowed = (
+            f"nfe >= {need}, or a larger noise_std"
+            if need is not None
+            else f"a larger noise_std (a stable nfe would be above {ensf_schedule.MAX_NFE:,})"
+        )
         raise ConfigError(
             f"methods.{name}.nfe: {nfe} is unstable with {owhere}.noise_std = {noise_std:g} (EnSF's Euler "
-            f"step overshoots the likelihood, docs/ensf.md); allowed: nfe >= {need}, or a larger noise_std"
+            f"step overshoots the likelihood, docs/ensf.md); allowed: {allowed}"
         )
 
 

@@ -36,9 +36,17 @@ def likelihood_stiffness(nfe: int, eps_alpha: float, eps_beta: float, noise_std:
     return max(gains) / noise_std**2
 
 
-def stable_nfe(nfe: int, eps_alpha: float, eps_beta: float, noise_std: float) -> int:
-    """``nfe`` if its steps are stable on a linear operator, else the first doubling of it that is."""
+#: ``stable_nfe`` gives up past this many steps: each check costs O(nfe), and EnSF with that many steps
+#: per analysis is out of reach anyway (about nfe > 1/(2σ²): σ below about 0.002).
+MAX_NFE = 1 << 17
+
+
+def stable_nfe(nfe: int, eps_alpha: float, eps_beta: float, noise_std: float) -> int | None:
+    """``nfe`` if its steps are stable on a linear operator, else the first doubling of it that is, or
+    ``None`` when that would be more than ``MAX_NFE``."""
     need = nfe
     while likelihood_stiffness(need, eps_alpha, eps_beta, noise_std) >= 2.0:
         need *= 2
+        if need > MAX_NFE:
+            return None
     return need

@@ -232,6 +232,18 @@ def _bad_config(mutate: Callable[[dict], None]) -> dict:
     return cfg
 
 
+def test_ensf_with_a_noise_std_out_of_its_reach_is_refused_without_searching_for_ever():
+    cfg = copy.deepcopy(BASE)
+    cfg["experiments"]["l96"]["operators"]["half"]["noise_std"] = 1e-4  # a stable nfe: about 5e7
+    with pytest.raises(mc.ConfigError) as info:
+        mc.validate(cfg)
+    assert str(info.value) == (
+        "methods.ensf.nfe: 20 is unstable with experiments.l96.operators.half.noise_std = 0.0001 (EnSF's "
+        "Euler step overshoots the likelihood, docs/ensf.md); allowed: a larger noise_std (a stable nfe "
+        "would be above 131,072)"
+    )
+
+
 def test_there_are_enough_cases():
     assert len(BAD) >= 15
     assert len(set(IDS)) == len(IDS)

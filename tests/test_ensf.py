@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import masf.filters.ensf as ensf_module
-from masf.ensf_schedule import schedule
+from masf.ensf_schedule import MAX_NFE, schedule, stable_nfe
 from masf.filters import make_filter
 from masf.filters.base import Context
 from masf.filters.ensf import EnSF, mixture_weights, prior_score, sample_ensf, standard_start
@@ -213,6 +213,29 @@ def test_operator_without_vjp_is_refused() -> None:
 
     with pytest.raises(ValueError, match="ensf: operator must provide vjp"):
         EnSF().check_operator(Bare())
+
+
+def test_the_stable_nfe_is_the_first_stable_doubling_and_gives_up_past_max_nfe() -> None:
+    # brute force: every nfe the doubling passes, with the stiffness computed step by step here
+    def stiffness(nfe: int, sigma: float) -> float:
+        gains = []
+        for k in range(nfe):
+            t = 1.0 - k / nfe
+            alpha = 1.0 - 0.5 * t
+            beta2 = 0.025 + 0.975 * t
+            g2 = 0.975 + 2.0 * (0.5 / alpha) * beta2
+            gains.append(g2 * (1.0 - t) / nfe)
+        return max(gains) / sigma**2
+
+    for sigma, nfe in [(1.0, 20), (0.1, 20), (0.1, 80), (0.05, 200), (0.02, 100)]:
+        need = stable_nfe(nfe, 0.5, 0.025, sigma)
+        doublings = [nfe * 2**i for i in range(12)]
+        assert need == next(n for n in doublings if stiffness(n, sigma) < 2.0)
+    assert stable_nfe(20, 0.5, 0.025, 1e-4) is None  # would need about 5e7 steps: refused, not computed
+    op = make_operator("every_kth", (16,), k=2, noise_std=1e-4)
+    with pytest.raises(ValueError, match=r"nfe=200 is unstable for noise_std=0.0001.*use a larger noise_std"):
+        EnSF().check_operator(op)
+    assert MAX_NFE == 1 << 17
 
 
 def test_unstable_step_for_a_mask_operator_is_refused_with_the_nfe_that_works() -> None:

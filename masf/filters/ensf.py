@@ -171,9 +171,12 @@ class EnSF:
             return
         need = stable_nfe(self.nfe, self.eps_alpha, self.eps_beta, sigma)
         if need != self.nfe:
+            fix = (
+                f"use nfe >= {need}, or a larger noise_std" if need is not None else "use a larger noise_std"
+            )
             raise ValueError(
                 f"ensf: nfe={self.nfe} is unstable for noise_std={sigma:g} (the Euler step overshoots the "
-                f"likelihood); use nfe >= {need}, or a larger noise_std (docs/ensf.md)"
+                f"likelihood); {fix} (docs/ensf.md)"
             )
 
     def analyse(self, prior: Tensor, z: Tensor, operator: Any, ctx: Context) -> Tensor:
