@@ -1,7 +1,9 @@
-# masf sweep: simulate -> dataset -> pretrain -> assimilate -> aggregate -> figures -> report.
+# masf sweep: simulate -> dataset -> pretrain -> assimilate (-> tune -> assimilate) -> aggregate -> figures
+# -> report.
 # The configuration is described in config/README.md; stages live in workflow/rules/*.smk.
 # Parsing this file must stay fast (every cluster job re-parses it): nothing here imports torch.
 
+import json
 import shlex
 import subprocess
 import sys
@@ -37,7 +39,7 @@ MASF = f"{shlex.quote(sys.executable)} -m masf.cli"
 wildcard_constraints:
     experiment=r"[A-Za-z][A-Za-z0-9_]*",
     operator=r"[A-Za-z][A-Za-z0-9_]*",
-    method=r"[A-Za-z][A-Za-z0-9_]*",
+    method=rf"[A-Za-z][A-Za-z0-9_]*|{mc.tuning.VARIANT_PATTERN}",  # a method or a variant of a tuned one
     seed=r"\d+",
 
 
@@ -58,6 +60,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/assimilate.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 
@@ -70,6 +73,11 @@ rule all:
             f"{mc.FIGURES.format(experiment=e)}/{name}.png"
             for e in CFG["experiments"]
             for name in mc.SUMMARY_FIGURES
+        ],
+        selection_files(),
+        [
+            f"{mc.FIGURES.format(experiment=e)}/{mc.TUNING_FIGURE}.png"
+            for e in dict.fromkeys(j["experiment"] for j in mc.tune_jobs(CFG))
         ],
         [
             f"{mc.FIGURES.format(experiment=e)}/vorticity_{o}.png"

@@ -1,7 +1,8 @@
 """Collect run files into ``results/metrics.nc`` and a per-method summary table.
 
 ``metrics.nc`` has dims ``experiment, operator, method, seed, time`` (``time`` = analysis cycle 1..K; NaN
-where a combination is not in the sweep or a run stopped early). Time means are over all cycles of a
+where a combination is not in the sweep or a run stopped early). A tuned method appears under its own
+name with the evaluation runs of its selected variant, whose values are in ``variant``. Time means are over all cycles of a
 run and are NaN for a diverged run (its later cycles do not exist), so a filter that blew up never looks
 good. Wall-clock seconds come from the Snakemake benchmark files when they exist (the source of truth),
 otherwise from the run file's own timer.
@@ -20,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from masf import config as mc
+from masf import tuning
 from masf.io import corrupt_netcdf
 
 # Per-cycle variables of a run file copied into metrics.nc: name -> (long_name, units).
@@ -90,6 +92,59 @@ def frames_rmse(ds: Mapping[str, Any], status: str) -> float:
     return float(np.sqrt(values.mean())) if np.isfinite(values).all() and values.size else math.nan
 
 
+def run_metric(arrays: Mapping[str, np.ndarray], status: str, metric: str) -> float:
+    """One run's value of a metrics.nc time-mean (``rmse_mean``, ``rmse_frames``, ``crps_mean``,
+    ``ssim_mean``; NaN for a diverged run or a metric the run lacks), as :func:`aggregate` computes it."""
+    if metric == "rmse_frames":
+        return frames_rmse(arrays, status)
+    name = metric.removesuffix("_mean")
+    return _time_mean(arrays[name], status) if name in arrays else math.nan
+
+
+def selection(spec: Mapping[str, Any], jobs: int = 1) -> dict[str, Any]:
+    """The selection of a tuned method (docs/tuning.md) from its tuning run files: every variant's
+    metric on each tuning seed, its score (:func:`masf.tuning.score`) and the chosen variant
+    (:func:`masf.tuning.select`). ``spec``: :func:`masf.config.tune_spec`. NaN is written as null."""
+    names, metric, seeds = spec["names"], spec["metric"], [int(s) for s in spec["seeds"]]
+    keys = [(v, s) for v in spec["variants"] for s in seeds]
+    paths = [
+        mc.RUN.format(experiment=names["experiment"], operator=names["operator"], method=v, seed=s)
+        for v, s in keys
+    ]
+    loaded = read_runs(paths, jobs)
+    per_run = {
+        key: (run_metric(a, str(t.get("status", "ok")), metric), str(t.get("status", "ok")))
+        for key, (a, t) in zip(keys, loaded, strict=True)
+    }
+    scores = {}
+    for v in spec["variants"]:
+        values, statuses = zip(*(per_run[(v, s)] for s in seeds), strict=True)
+        scores[v] = tuning.score(values, statuses, metric)
+    chosen = tuning.select(scores, metric)
+
+    def finite(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return {
+        **names,
+        "metric": metric,
+        "better": tuning.METRICS[metric],
+        "seeds": seeds,
+        "selected": chosen,
+        "values": spec["variants"][chosen],
+        "variants": [
+            {
+                "variant": v,
+                "values": spec["variants"][v],
+                "score": finite(scores[v]["score"]),
+                "diverged": scores[v]["diverged"],
+                "per_seed": {str(s): finite(per_run[(v, s)][0]) for s in seeds},
+            }
+            for v in spec["variants"]
+        ],
+    }
+
+
 def read_runs(paths: Sequence[str], jobs: int = 1) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """:func:`read_run` of every path, in order; ``jobs`` > 1 reads in that many forked processes (opening
     a NetCDF/HDF5 file costs ~5 ms, which dominates the aggregation of a large sweep)."""
@@ -108,7 +163,7 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
         raise ValueError("aggregate: the list of runs is empty")
     axes = {k: list(dict.fromkeys(r[k] for r in runs)) for k in ("experiment", "operator", "method")}
     axes["seed"] = sorted({int(r["seed"]) for r in runs})
-    loaded = read_runs([mc.RUN.format(**r) for r in runs], jobs)
+    loaded = read_runs([mc.run_path(r) for r in runs], jobs)
     n_time = max(v["rmse"].size if "rmse" in v else 0 for v, _ in loaded)
     shape = tuple(len(axes[k]) for k in ("experiment", "operator", "method", "seed"))
     per_cycle = {k: np.full((*shape, n_time), np.nan) for k in PER_CYCLE}
@@ -126,6 +181,9 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
         )
     }
     status = np.zeros(shape, dtype=np.int8)
+    variant = np.full(
+        shape[:3], "", dtype=object
+    )  # a tuned method's selected values, e.g. "inflation=1.1, radius=4.0"
     spatial = False
     position = {
         k: {v: i for i, v in enumerate(axes[k])} for k in ("experiment", "operator", "method", "seed")
@@ -137,6 +195,8 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
             position["method"][r["method"]],
             position["seed"][int(r["seed"])],
         )
+        under = r.get("variant") or r["method"]  # the name its files are under
+        variant[idx[:3]] = tuning.variant_label(under)
         state = str(attrs.get("status", "ok"))
         status[idx] = STATUS.get(state, STATUS["diverged"])
         for name in PER_CYCLE:
@@ -150,7 +210,10 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
             scalars[f"wall_clock_{stage}_s"][idx] = float(attrs.get(f"wall_clock_{stage}_s", math.nan))
         bench = benchmark_seconds(
             mc.BENCHMARK.format(
-                stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}".format(**r)
+                stage="assimilate",
+                name="{experiment}/{operator}/{method}/seed{seed}".format(
+                    experiment=r["experiment"], operator=r["operator"], method=under, seed=r["seed"]
+                ),
             )
         )
         scalars["wall_clock_s"][idx] = (
@@ -162,7 +225,7 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
                 name="{experiment}/{operator}/{method}".format(
                     experiment=r["experiment"],
                     operator=r.get("checkpoint_operator") or r["operator"],
-                    method=r.get("checkpoint_method") or r["method"],
+                    method=r.get("checkpoint_method") or under,
                 ),
             )
         )
@@ -197,6 +260,13 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
     with np.errstate(divide="ignore", invalid="ignore"):
         skill = scalars["spread_mean"] / scalars["rmse_mean"]
     data["spread_skill"] = (dims, skill, {"long_name": "spread / RMSE (1 = calibrated)", "units": "1"})
+    data["variant"] = (
+        dims[:3],
+        variant.astype(str),
+        {
+            "long_name": "hyper-parameters of a tuned method's selected variant ('' = not tuned; docs/tuning.md)"
+        },
+    )
     data["status"] = (
         dims,
         status,
@@ -230,6 +300,7 @@ def summary_table(ds: xr.Dataset) -> pd.DataFrame:
                     "experiment": e,
                     "operator": o,
                     "method": m,
+                    "variant": str(sel["variant"].values) if "variant" in ds else "",
                     "seeds": int((status > 0).sum()),
                     "diverged": int((status == STATUS["diverged"]).sum()),
                 }

@@ -66,8 +66,13 @@ def _spec(args: argparse.Namespace, build: Callable[..., dict[str, Any]], *names
     if len(values) > 1 and values[1] not in cfg["experiments"][exp]["operators"]:
         allowed = ", ".join(cfg["experiments"][exp]["operators"])
         raise SystemExit(f"masf: unknown operator {values[1]!r} of {exp!r}; allowed: {allowed}")
-    if len(values) > 2 and values[2] not in cfg["methods"]:
-        raise SystemExit(f"masf: unknown method {values[2]!r}; allowed: {', '.join(cfg['methods'])}")
+    if len(values) > 2:
+        allowed = list(cfg["tuned"]) if build is mc.tune_spec else list(cfg["methods"])
+        if values[2] not in allowed:
+            hint = ""
+            if mc.is_tuned(cfg, values[2]):
+                hint = " (it is tuned: give one of its variants)"
+            raise SystemExit(f"masf: unknown method {values[2]!r}{hint}; allowed: {', '.join(allowed)}")
     return build(cfg, *values)
 
 
@@ -107,8 +112,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except mc.ConfigError as err:
         print(f"masf config error: {err}", file=sys.stderr)
         return 2
-    n_runs, n_pre = len(mc.runs(cfg)), len(mc.pretrain_jobs(cfg))
-    print(f"{args.config}: ok ({len(cfg['experiments'])} experiments, {n_runs} runs, {n_pre} pretrainings)")
+    n_runs, n_pre, n_tune = len(mc.runs(cfg)), len(mc.pretrain_jobs(cfg)), len(mc.tuning_runs(cfg))
+    tuned = f", {n_tune} tuning runs of {len(cfg['tuned'])} tuned methods" if n_tune else ""
+    print(
+        f"{args.config}: ok ({len(cfg['experiments'])} experiments, {n_runs} runs{tuned}, {n_pre} pretrainings)"
+    )
     return 0
 
 
@@ -325,11 +333,27 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     elif args.runs_file is not None:
         runs = json.loads(Path(args.runs_file).read_text())
     else:
-        runs = mc.runs(mc.load_validated(args.config))
+        cfg = mc.load_validated(args.config)
+        runs = mc.runs(cfg, mc.read_selections(cfg))
     ds = aggregate(runs, jobs=args.jobs)
     write_dataset(ds, args.out)
     if args.summary:
         write_text(summary_table(ds).to_csv(index=False, float_format="%.6g"), args.summary)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from masf.aggregate import selection
+    from masf.io import write_text
+
+    spec = _spec(args, mc.tune_spec, "experiment", "operator", "method")
+    chosen = selection(spec, jobs=args.jobs)
+    write_text(json.dumps(chosen, indent=1) + "\n", args.out)
+    best = next(v for v in chosen["variants"] if v["variant"] == chosen["selected"])
+    print(
+        f"{chosen['experiment']}/{chosen['operator']}/{chosen['method']}: selected {chosen['selected']} "
+        f"({chosen['metric']} {best['score']} over seeds {chosen['seeds']}, of {len(chosen['variants'])} variants)"
+    )
     return 0
 
 
@@ -338,6 +362,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     if args.kind == "summary":
         figures.summary_figures(args.metrics, args.experiment, args.outdir)
+    elif args.kind == "tuning":
+        figures.tuning_surface(args.selections, args.out)
     else:
         figures.vorticity_panel(args.data, args.operator, args.runs, args.out, cycles=args.cycles)
     return 0
@@ -399,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output NetCDF")
     p.set_defaults(func=cmd_assimilate)
 
+    p = sub.add_parser(
+        "tune",
+        help="pick a tuned method's best variant by its tuning runs -> selection JSON (docs/tuning.md)",
+    )
+    p.add_argument("--spec", help="the stage's JSON spec (what the Snakemake rule passes)")
+    p.add_argument("--config", help="a sweep config YAML to build the spec from instead of --spec")
+    for name in ("experiment", "operator", "method"):
+        p.add_argument(f"--{name}", help=f"{name} name in --config")
+    p.add_argument("--jobs", type=int, default=1, help="processes that read the run files (default 1)")
+    p.add_argument(
+        "--out", required=True, help="output JSON (the selected variant and every variant's scores)"
+    )
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("aggregate", help="run files -> results/metrics.nc (+ summary CSV)")
     p.add_argument("--runs", help="JSON list of {experiment, operator, method, seed} (small sweeps)")
     p.add_argument("--runs-file", help="file holding that JSON list (what the pipeline passes)")
@@ -414,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--metrics", default=mc.METRICS, help="metrics NetCDF")
     q.add_argument("--experiment", required=True, help="experiment name")
     q.add_argument("--outdir", required=True, help="folder for the PNG files")
+    q = fig.add_parser("tuning", help="the tuning surface: each variant's score on the tuning seeds")
+    q.add_argument("--selections", nargs="+", required=True, help="selection JSON files of `masf tune`")
+    q.add_argument("--out", required=True, help="output PNG")
     q = fig.add_parser("vorticity", help="truth, observation and each method's mean (2-D systems)")
     q.add_argument("--data", required=True, help="truth + observations NetCDF")
     q.add_argument("--operator", required=True, help="operator name (selects obs_<operator>)")

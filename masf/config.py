@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from masf import ensf_schedule
+from masf import ensf_schedule, tuning
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "sweep.schema.yaml"
 
@@ -31,11 +31,13 @@ CHECKPOINT = "results/checkpoints/{experiment}/{operator}/{method}.pt"
 RUN = "results/runs/{experiment}/{operator}/{method}/seed{seed}.nc"
 METRICS = "results/metrics.nc"
 RUN_LIST = "results/runs.json"  # the sweep's runs as JSON, read by `masf aggregate --runs-file`
+SELECTION = "results/tuning/{experiment}/{operator}/{method}.json"  # a tuned method's chosen variant
 SUMMARY = "results/summary.csv"
 LOG = "results/logs/{stage}/{name}.log"
 BENCHMARK = "results/benchmarks/{stage}/{name}.tsv"
 FIGURES = "results/figures/{experiment}"
 SUMMARY_FIGURES = ("rmse_time", "rmse_mean", "spread_rmse", "wall_clock")
+TUNING_FIGURE = "tuning"  # results/figures/{experiment}/tuning.png, for experiments with tuned methods
 
 # Spatial kind of each system's state: 1 = a vector (N, D), 2 = a 2-D velocity field (N, 2, n, n).
 SYSTEM_DIMS: dict[str, int] = {"lorenz63": 1, "lorenz96": 1, "linear_gaussian": 1, "kolmogorov": 2}
@@ -419,6 +421,8 @@ def check_config(cfg: dict[str, Any]) -> None:
         flt = method["filter"]
         params = {k: v for k, v in method.items() if k != "filter"}
         _check_params(params, FILTER_PARAMS[flt], f"methods.{name}", f"filter {flt!r}")
+    names = method_names(cfg)
+    metric = cfg["tuning"]["metric"]
     for ename, exp in cfg["experiments"].items():
         where = f"experiments.{ename}"
         system = exp["system"]["name"]
@@ -440,10 +444,12 @@ def check_config(cfg: dict[str, Any]) -> None:
                 "allowed: a divisor of samples"
             )
         for i, mname in enumerate(exp["methods"]):
-            if mname not in methods:
+            if mname not in names:
                 raise ConfigError(
-                    f"{where}.methods[{i}]: unknown method {mname!r}; defined in methods: {', '.join(methods)}"
+                    f"{where}.methods[{i}]: unknown method {mname!r}{_did_you_mean(mname, names)}; defined in "
+                    f"methods: {', '.join(names)}"
                 )
+        _check_tuning_seeds(cfg, ename, metric)
         for oname, op in exp["operators"].items():
             owhere = f"{where}.operators.{oname}"
             kind = op["operator"]
@@ -471,27 +477,97 @@ def check_config(cfg: dict[str, Any]) -> None:
                     raise ConfigError(
                         f"{owhere}.stride: {op['stride']} leaves one row per channel; allowed: < n = {size}"
                     )
-            for i, mname in enumerate(op.get("methods", exp["methods"])):
+            for i, base in enumerate(op.get("methods", exp["methods"])):
                 mwhere = f"{owhere}.methods[{i}]" if "methods" in op else f"{where}.methods"
-                if mname not in methods:
+                if base not in names:
                     raise ConfigError(
-                        f"{mwhere}: unknown method {mname!r}; defined in methods: {', '.join(methods)}"
+                        f"{mwhere}: unknown method {base!r}{_did_you_mean(base, names)}; defined in methods: "
+                        f"{', '.join(names)}"
                     )
-                method = methods[mname]
-                _check_levels(method, mname, state_shape(exp["system"]), ename)
-                sampler = method.get("sampler", "reference")
-                if (
-                    method["filter"] == "masf"
-                    and sampler in LINEAR_ONLY_SAMPLERS
-                    and kind not in LINEAR_OPERATORS
-                ):
-                    raise ConfigError(
-                        f"{mwhere}: method {mname!r} (masf, sampler {sampler}) needs a linear operator, "
-                        f"but {oname!r} is {kind!r}; allowed samplers for it: nonlinear "
-                        f"(or set {owhere}.methods)"
-                    )
-                if method["filter"] == "ensf" and kind in LINEAR_OPERATORS:
-                    _check_ensf_steps(method, mname, op["noise_std"], owhere)
+                for mname in variants_of(cfg, base):
+                    _check_method_fits(cfg, mname, exp, ename, oname, mwhere)
+
+
+def _check_method_fits(
+    cfg: dict[str, Any], mname: str, exp: dict[str, Any], ename: str, oname: str, mwhere: str
+) -> None:
+    """A method (or one variant of a tuned one) fits the experiment's state and the operator."""
+    method = cfg["methods"][mname]
+    op = exp["operators"][oname]
+    kind = op["operator"]
+    owhere = f"experiments.{ename}.operators.{oname}"
+    _check_levels(method, mname, state_shape(exp["system"]), ename)
+    sampler = method.get("sampler", "reference")
+    if method["filter"] == "masf" and sampler in LINEAR_ONLY_SAMPLERS and kind not in LINEAR_OPERATORS:
+        raise ConfigError(
+            f"{mwhere}: method {mname!r} (masf, sampler {sampler}) needs a linear operator, "
+            f"but {oname!r} is {kind!r}; allowed samplers for it: nonlinear "
+            f"(or set {owhere}.methods)"
+        )
+    if method["filter"] == "ensf" and kind in LINEAR_OPERATORS:
+        _check_ensf_steps(method, mname, op["noise_std"], owhere)
+
+
+def _check_tuning_seeds(cfg: dict[str, Any], ename: str, metric: str) -> None:
+    """An experiment that runs a tuned method needs ``tuning_seeds`` apart from its ``seeds`` (tuning on
+    the evaluation seeds would report the best of several tries as one), and a metric it has."""
+    exp = cfg["experiments"][ename]
+    where = f"experiments.{ename}"
+    tuned = sorted({m for o in exp["operators"] for m in methods_for(cfg, ename, o) if is_tuned(cfg, m)})
+    if not tuned:
+        return
+    if not exp["tuning_seeds"]:
+        raise ConfigError(
+            f"{where}.tuning_seeds: missing, but method {tuned[0]!r} lists values to tune, which need seeds "
+            f"apart from the evaluation seeds; add e.g. tuning_seeds: [{max(exp['seeds']) + 1}, "
+            f"{max(exp['seeds']) + 2}]"
+        )
+    shared = sorted(set(exp["tuning_seeds"]) & set(exp["seeds"]))
+    if shared:
+        raise ConfigError(
+            f"{where}.tuning_seeds: {shared[0]} is also an evaluation seed; allowed: seeds not in {where}.seeds"
+        )
+    if metric == "ssim_mean" and SYSTEM_DIMS[exp["system"]["name"]] != 2:
+        raise ConfigError(
+            f"tuning.metric: ssim_mean is defined for 2-D fields only, but experiment {ename!r} tunes "
+            f"{tuned[0]!r} on a vector state; allowed for it: "
+            f"{', '.join(m for m in tuning.METRICS if m != 'ssim_mean')}"
+        )
+
+
+def _expand_tuned(cfg: dict[str, Any]) -> None:
+    """Replace, in place, each method with lists of values by its variants (masf.tuning), recording
+    ``cfg["tuned"][method] = {"grid": {key: values}, "variants": {variant: {key: value}}}``. A list of one
+    value is that value. Each listed value is checked as the key's kind."""
+    methods: dict[str, Any] = {}
+    cfg["tuned"] = {}
+    for name, method in cfg["methods"].items():
+        table = FILTER_PARAMS[method["filter"]]
+        grid = tuning.tuned_keys(method, table)
+        method = {**method, **{k: v[0] for k, v in grid.items() if len(v) == 1}}
+        grid = {k: v for k, v in grid.items() if len(v) != 1}
+        for key, values in grid.items():
+            if key not in table:
+                raise ConfigError(
+                    f"methods.{name}.{key}: unknown parameter of filter {method['filter']!r}"
+                    f"{_did_you_mean(key, table)}; allowed: {', '.join(sorted(table)) or '(none)'}"
+                )
+            for i, value in enumerate(values):
+                _check_kind(value, table[key], f"methods.{name}.{key}[{i}]")
+        try:
+            tuning.check_grid(name, grid)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if not grid:
+            methods[name] = method
+            continue
+        variants = tuning.expand(name, method, grid)
+        methods.update(variants)
+        cfg["tuned"][name] = {
+            "grid": grid,
+            "variants": {v: {k: m[k] for k in grid} for v, m in variants.items()},
+        }
+    cfg["methods"] = methods
 
 
 def _check_ensf_steps(method: dict[str, Any], name: str, noise_std: float, owhere: str) -> None:
@@ -589,6 +665,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(_schema_message(best_match(errors)))
     out = copy.deepcopy(cfg)
     _fill_defaults(out, schema, schema)
+    _expand_tuned(out)
     check_config(out)
     return out
 
@@ -602,14 +679,79 @@ def load_validated(path: str | Path) -> dict[str, Any]:
 
 
 def methods_for(cfg: dict[str, Any], experiment: str, operator: str) -> list[str]:
-    """Method names run with ``operator`` in ``experiment``."""
+    """Method names run with ``operator`` in ``experiment`` (a tuned method by its own name)."""
     exp = cfg["experiments"][experiment]
     return list(exp["operators"][operator].get("methods", exp["methods"]))
 
 
+def method_names(cfg: dict[str, Any]) -> list[str]:
+    """The methods of the sweep file: untuned ones and tuned ones (by their own names), in file order."""
+    names = []
+    for name in cfg["methods"]:
+        base = name.split("@", 1)[0]
+        if base not in names:
+            names.append(base)
+    return names
+
+
+def is_tuned(cfg: dict[str, Any], method: str) -> bool:
+    """Whether ``method`` lists values to tune (its runs are those of its variants)."""
+    return method in cfg["tuned"]
+
+
+def variants_of(cfg: dict[str, Any], method: str) -> list[str]:
+    """The variant names of a tuned ``method`` (masf.tuning.variant_name), or ``[method]``."""
+    return list(cfg["tuned"][method]["variants"]) if is_tuned(cfg, method) else [method]
+
+
+def tune_jobs(cfg: dict[str, Any]) -> list[dict[str, str]]:
+    """Every (experiment, operator, tuned method): one selection each."""
+    return [
+        {"experiment": e, "operator": o, "method": m}
+        for e, exp in cfg["experiments"].items()
+        for o in exp["operators"]
+        for m in methods_for(cfg, e, o)
+        if is_tuned(cfg, m)
+    ]
+
+
+def tune_spec(cfg: dict[str, Any], experiment: str, operator: str, method: str) -> dict[str, Any]:
+    """What a selection depends on: the variants (name -> tuned values), the tuning seeds, the metric."""
+    return {
+        "names": {"experiment": experiment, "operator": operator, "method": method},
+        "variants": cfg["tuned"][method]["variants"],
+        "seeds": cfg["experiments"][experiment]["tuning_seeds"],
+        "metric": cfg["tuning"]["metric"],
+    }
+
+
+def run_path(run: dict[str, Any]) -> str:
+    """The run file of a run dict: under its ``variant`` (the method itself when untuned or absent);
+    ``ValueError`` for a tuned method's evaluation run before its variant is selected."""
+    method = run.get("variant", run["method"])
+    if method is None:
+        raise ValueError(
+            f"run {run['experiment']}/{run['operator']}/{run['method']}: no variant selected yet"
+        )
+    return RUN.format(experiment=run["experiment"], operator=run["operator"], method=method, seed=run["seed"])
+
+
+def read_selections(cfg: dict[str, Any], root: str | Path = ".") -> dict[tuple[str, str, str], str]:
+    """(experiment, operator, method) -> the selected variant, from the selection files under ``root``;
+    ``FileNotFoundError`` naming the first that is missing (the sweep's tune step writes them)."""
+    out = {}
+    for job in tune_jobs(cfg):
+        path = Path(root) / SELECTION.format(**job)
+        if not path.is_file():
+            raise FileNotFoundError(f"no selection file {path}: run the sweep's tune step first")
+        out[(job["experiment"], job["operator"], job["method"])] = json.loads(path.read_text())["selected"]
+    return out
+
+
 def is_score_based(cfg: dict[str, Any], method: str) -> bool:
-    """Whether ``method`` is a score-based filter (it gets the `gpu` resource)."""
-    return cfg["methods"][method]["filter"] in SCORE_BASED
+    """Whether ``method`` (or a tuned method: all its variants share the filter) is a score-based filter
+    (it gets the `gpu` resource)."""
+    return cfg["methods"][variants_of(cfg, method)[0]]["filter"] in SCORE_BASED
 
 
 def needs_pretraining(cfg: dict[str, Any], method: str) -> bool:
@@ -627,35 +769,56 @@ def needs_climatology(cfg: dict[str, Any], method: str) -> bool:
     return cfg["methods"][method]["filter"] == "climatology" or needs_pretraining(cfg, method)
 
 
-def runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every (experiment, operator, method, seed) of the sweep, as wildcard dicts.
+def runs(
+    cfg: dict[str, Any], selected: dict[tuple[str, str, str], str] | None = None
+) -> list[dict[str, Any]]:
+    """Every evaluation run (experiment, operator, method, seed of ``seeds``) of the sweep, as dicts.
 
-    Each dict also has ``checkpoint_operator`` and ``checkpoint_method``: whose checkpoint the run loads
-    (see :func:`checkpoint_owners`), or None for methods without one (see :func:`needs_pretraining`).
+    Each dict also has ``variant``, the name its files are under (see :func:`run_path`): the method
+    itself, or for a tuned method its variant in ``selected`` ((experiment, operator, method) -> variant;
+    None until selected), and ``checkpoint_operator`` and ``checkpoint_method``: whose checkpoint the run
+    loads (see :func:`checkpoint_owners`), or None for methods without one.
     """
+    return _runs(cfg, "seeds", selected or {})
+
+
+def tuning_runs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every tuning run: each variant of each tuned method on the ``tuning_seeds``, as :func:`runs`."""
+    return _runs(cfg, "tuning_seeds", None)
+
+
+def _runs(
+    cfg: dict[str, Any], seeds: str, selected: dict[tuple[str, str, str], str] | None
+) -> list[dict[str, Any]]:
     owners = checkpoint_owners(cfg)
     out = []
     for ename, exp in cfg["experiments"].items():
         for oname in exp["operators"]:
             for mname in methods_for(cfg, ename, oname):
-                owner = owners.get((ename, oname, mname), (None, None))
-                for seed in exp["seeds"]:
-                    out.append(
-                        {
-                            "experiment": ename,
-                            "operator": oname,
-                            "method": mname,
-                            "seed": seed,
-                            "checkpoint_operator": owner[0],
-                            "checkpoint_method": owner[1],
-                        }
-                    )
+                if selected is None:  # tuning runs: every variant of the tuned methods
+                    variants = variants_of(cfg, mname) if is_tuned(cfg, mname) else []
+                else:
+                    variants = [selected.get((ename, oname, mname)) if is_tuned(cfg, mname) else mname]
+                for variant in variants:
+                    owner = owners.get((ename, oname, variant), (None, None)) if variant else (None, None)
+                    for seed in exp[seeds]:
+                        out.append(
+                            {
+                                "experiment": ename,
+                                "operator": oname,
+                                "method": mname,
+                                "variant": variant,
+                                "seed": seed,
+                                "checkpoint_operator": owner[0],
+                                "checkpoint_method": owner[1],
+                            }
+                        )
     return out
 
 
 def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], tuple[str, str]]:
     """(experiment, operator, method) -> (operator, method) of the checkpoint it uses, for every method
-    that :func:`needs_pretraining`.
+    (every variant of a tuned one) that :func:`needs_pretraining`.
 
     Runs of one experiment with equal :func:`pretrain_spec` share one checkpoint, owned by the first of
     them (operators in order, then each operator's methods): MASF's bridge and reference samplers train
@@ -666,7 +829,7 @@ def checkpoint_owners(cfg: dict[str, Any]) -> dict[tuple[str, str, str], tuple[s
     for ename, exp in cfg["experiments"].items():
         specs: list[tuple[tuple[str, str], dict[str, Any]]] = []
         for oname in exp["operators"]:
-            for mname in methods_for(cfg, ename, oname):
+            for mname in (v for m in methods_for(cfg, ename, oname) for v in variants_of(cfg, m)):
                 if not needs_pretraining(cfg, mname):
                     continue
                 spec = pretrain_spec(cfg, ename, oname, mname)

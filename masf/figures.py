@@ -20,6 +20,7 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 
+from masf import tuning
 from masf.io import atomic_path, read_dataset
 
 
@@ -129,6 +130,77 @@ def summary_figures(metrics: str | Path, experiment: str, outdir: str | Path) ->
             plot(sub, path)
         paths.append(path)
     return paths
+
+
+def _tuning_panel(ax: plt.Axes, chosen: dict) -> None:
+    """One tuned method's surface: a line over one tuned key, a heatmap over two, bars beyond that. The
+    selected variant is marked; a variant that diverged on a tuning seed is marked "div"."""
+    rows = chosen["variants"]
+    keys = list(rows[0]["values"])
+    score = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
+    labels = [",".join(f"{k}={r['values'][k]}" for k in keys) for r in rows]
+    best = next(i for i, r in enumerate(rows) if r["variant"] == chosen["selected"])
+    diverged = [r["diverged"] > 0 for r in rows]
+    metric = chosen["metric"]
+    if len(keys) == 2:
+        xs = list(dict.fromkeys(r["values"][keys[1]] for r in rows))
+        ys = list(dict.fromkeys(r["values"][keys[0]] for r in rows))
+        table = np.full((len(ys), len(xs)), np.nan)
+        for r, value in zip(rows, score, strict=True):
+            table[ys.index(r["values"][keys[0]]), xs.index(r["values"][keys[1]])] = value
+        image = ax.imshow(table, cmap="viridis_r" if chosen["better"] == "min" else "viridis", origin="lower")
+        plt.colorbar(image, ax=ax, label=metric, shrink=0.8)
+        for r, value, bad in zip(rows, score, diverged, strict=True):
+            i, j = ys.index(r["values"][keys[0]]), xs.index(r["values"][keys[1]])
+            text = "div" if bad else f"{value:.3g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if bad else "black")
+        i, j = ys.index(rows[best]["values"][keys[0]]), xs.index(rows[best]["values"][keys[1]])
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+        ax.set(xlabel=keys[1], ylabel=keys[0])
+        return
+    positions = np.arange(len(rows))
+    for r, x in zip(rows, positions, strict=True):  # each tuning seed's value
+        seeds = [v for v in r["per_seed"].values() if v is not None]
+        ax.plot([x] * len(seeds), seeds, "o", color="grey", ms=3, alpha=0.6)
+    ax.plot(positions, score, "-o", color="C0", label="mean over tuning seeds")
+    ax.plot([best], [score[best]], "*", color="red", ms=14, label="selected")
+    for x, bad in zip(positions, diverged, strict=True):
+        if bad:
+            ax.annotate(
+                "div", (x, 0), xycoords=("data", "axes fraction"), ha="center", fontsize=7, color="red"
+            )
+    names = [str(r["values"][keys[0]]) for r in rows] if len(keys) == 1 else labels
+    ax.set_xticks(positions, names, rotation=0 if len(keys) == 1 else 60, fontsize=7)
+    ax.set(xlabel=keys[0] if len(keys) == 1 else "variant", ylabel=metric)
+    ax.legend(fontsize=7)
+
+
+def tuning_surface(selections: Sequence[str | Path], out: str | Path) -> None:
+    """One panel per selection file of ``masf tune`` (an operator and tuned method): each variant's
+    score on the tuning seeds (docs/tuning.md)."""
+    import json
+
+    chosen = [json.loads(Path(p).read_text()) for p in selections]
+    if not chosen:
+        raise ValueError("tuning_surface: no selection files")
+    cols = min(3, len(chosen))
+    rows = -(-len(chosen) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, layout="constrained"
+    )
+    for ax, c in zip(axes.flat, chosen, strict=False):
+        _tuning_panel(ax, c)
+        seeds = ", ".join(map(str, c["seeds"]))
+        ax.set_title(
+            f"{c['operator']} / {c['method']}: {tuning.variant_label(c['selected'])}\n(tuning seeds {seeds})",
+            fontsize=9,
+        )
+    for ax in list(axes.flat)[len(chosen) :]:
+        ax.axis("off")
+    fig.suptitle(f"tuning surface, experiment {chosen[0]['experiment']}", fontsize=10)
+    _save(fig, out)
 
 
 def vorticity(field: np.ndarray) -> np.ndarray:

@@ -222,6 +222,66 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         _set("methods.letkf.radus", 3.0),
         "methods.letkf.radus: unknown parameter of filter 'letkf' (did you mean 'radius'?)",
     ),
+    (
+        "method-name-typo-did-you-mean",
+        _set("experiments.l96.methods", ["enkf", "letfk"]),
+        "experiments.l96.methods[1]: unknown method 'letfk' (did you mean 'letkf'?)",
+    ),
+    # tuning (docs/tuning.md)
+    (
+        "tuning-without-tuning-seeds",
+        _delete("experiments.l96.tuning_seeds"),
+        "experiments.l96.tuning_seeds: missing, but method 'letkf_tuned' lists values to tune, which need "
+        "seeds apart from the evaluation seeds; add e.g. tuning_seeds: [1, 2]",
+    ),
+    (
+        "tuning-on-evaluation-seeds",
+        _set("experiments.l96.tuning_seeds", [3, 0]),
+        "experiments.l96.tuning_seeds: 0 is also an evaluation seed; allowed: seeds not in experiments.l96.seeds",
+    ),
+    (
+        "tuned-value-out-of-range",
+        _set("methods.letkf_tuned.inflation", [1.1, 0.9]),
+        "methods.letkf_tuned.inflation[1]: 0.9 is invalid; allowed: a number >= 1",
+    ),
+    (
+        "tuned-integral-float",
+        _set("methods.ensf.nfe", [20, 40.0]),
+        "methods.ensf.nfe[1]: 40.0 is a float; write 40 (an integer)",
+    ),
+    (
+        "tuned-value-repeated",
+        _set("methods.letkf_tuned.radius", [2.0, 3.0, 2.0]),
+        "methods.letkf_tuned.radius[2]: 2.0 is listed twice; list each value once",
+    ),
+    (
+        "tuned-list-empty",
+        _set("methods.letkf_tuned.radius", []),
+        "methods.letkf_tuned.radius: [] is an empty list of values to tune; give at least one value",
+    ),
+    (
+        "tuned-key-typo",
+        _set("methods.letkf_tuned.radus", [1.0, 2.0]),
+        "methods.letkf_tuned.radus: unknown parameter of filter 'letkf' (did you mean 'radius'?)",
+    ),
+    (
+        "tuning-grid-too-large",
+        _set(
+            "methods.letkf_tuned",
+            {
+                "filter": "letkf",
+                "radius": list(range(1, 41)),
+                "inflation": [1.0 + i / 100 for i in range(30)],
+            },
+        ),
+        "methods.letkf_tuned: the lists make 1,200 variants (30 inflation x 40 radius); allowed: at most 1,000",
+    ),
+    ("tuning-metric-unknown", _set("tuning", {"metric": "rmse"}), "tuning.metric: 'rmse' is not allowed"),
+    (
+        "tuning-metric-of-2d-fields-on-a-vector",
+        _set("tuning", {"metric": "ssim_mean"}),
+        "tuning.metric: ssim_mean is defined for 2-D fields only, but experiment 'l96' tunes 'letkf_tuned'",
+    ),
 ]
 IDS = [case[0] for case in BAD]
 

@@ -4,6 +4,7 @@ end, params-triggered reruns, and an interrupted sweep that resumes to identical
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import xarray as xr
 import yaml
 
 from masf import config as mc
+from masf import tuning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +55,12 @@ def test_dry_run_plans_every_job(name, tmp_path):
     assert done.returncode == 0, done.stderr
     counts = job_counts(done.stdout)
     cfg = mc.load_validated(REPO / "config" / name)
-    assert counts["assimilate"] == len(mc.runs(cfg))
+    # a tuned method's evaluation runs are planned once its selection (a checkpoint) has run
+    untuned = [r for r in mc.runs(cfg) if not mc.is_tuned(cfg, r["method"])]
+    assert counts["assimilate"] == len(untuned) + len(mc.tuning_runs(cfg))
+    assert counts.get("tune", 0) == len(mc.tune_jobs(cfg))
     assert counts.get("pretrain", 0) == len(mc.pretrain_jobs(cfg))
-    seeds = sum(len(e["seeds"]) for e in cfg["experiments"].values())
+    seeds = sum(len(e["seeds"]) + len(e["tuning_seeds"]) for e in cfg["experiments"].values())
     assert counts["simulate"] == seeds
     assert counts["figures"] == len(cfg["experiments"])
     assert counts["aggregate"] == 1 and counts["run_list"] == 1
@@ -67,7 +72,8 @@ def test_default_config_is_sweep_yaml_and_not_merged(tmp_path):
     # --forceall: plan every job even where a local run already left results in the checkout
     default = job_counts(snakemake(REPO, "-n", "--forceall").stdout)
     sweep = mc.load_validated(REPO / "config" / "sweep.yaml")
-    assert default["assimilate"] == len(mc.runs(sweep))
+    untuned = [r for r in mc.runs(sweep) if not mc.is_tuned(sweep, r["method"])]
+    assert default["assimilate"] == len(untuned) + len(mc.tuning_runs(sweep))
     paper = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert "l96" not in paper.stdout
 
@@ -176,7 +182,61 @@ def test_end_to_end_figures_and_report(test_sweep):
     assert "summary.csv" in report and "metrics.nc" in report
     # every rule left a log and a benchmark
     assert list((work / "results" / "logs" / "assimilate").rglob("*.log"))
-    assert len(list((work / "results" / "benchmarks" / "assimilate").rglob("*.tsv"))) == len(mc.runs(cfg))
+    n_runs = len(mc.runs(cfg)) + len(mc.tuning_runs(cfg))
+    assert len(list((work / "results" / "benchmarks" / "assimilate").rglob("*.tsv"))) == n_runs
+    tuning = work / "results" / "figures" / "l96" / f"{mc.TUNING_FIGURE}.png"
+    assert tuning.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and tuning.name in report
+
+
+def _brute_force_selection(work: Path, cfg: dict, experiment: str, operator: str, method: str) -> str:
+    """The variant with the lowest mean over the tuning seeds of the time-mean RMSE, read from the
+    tuning run files with netCDF4 (a variant with a diverged tuning run never wins over one without)."""
+    import netCDF4
+
+    best = None
+    for variant in mc.variants_of(cfg, method):
+        means, diverged = [], 0
+        for seed in cfg["experiments"][experiment]["tuning_seeds"]:
+            path = work / mc.RUN.format(experiment=experiment, operator=operator, method=variant, seed=seed)
+            with netCDF4.Dataset(path) as nc:
+                if nc.getncattr("status") != "ok":
+                    diverged += 1
+                    continue
+                means.append(float(np.mean(nc.variables["rmse"][:])))
+        key = (diverged, float(np.mean(means)) if means else np.inf)
+        if best is None or key < best[0]:
+            best = (key, variant)
+    return best[1]
+
+
+@pytest.mark.slow
+def test_end_to_end_tuning(test_sweep):
+    """The tuned method: every variant ran on the tuning seeds, the selection is the brute-force best,
+    only the selected variant ran on the evaluation seeds, and metrics.nc shows that run."""
+    work, _, _ = test_sweep
+    cfg = mc.load_validated(REPO / "config" / "test.yaml")
+    for run in mc.tuning_runs(cfg):
+        assert (work / mc.run_path(run)).is_file(), run
+    chosen = json.loads(
+        (work / mc.SELECTION.format(experiment="l96", operator="half", method="letkf_tuned")).read_text()
+    )
+    assert chosen["selected"] == _brute_force_selection(work, cfg, "l96", "half", "letkf_tuned")
+    assert len(chosen["variants"]) == 4 and chosen["seeds"] == [1, 2]
+    for variant in mc.variants_of(cfg, "letkf_tuned"):
+        evaluated = (
+            work / mc.RUN.format(experiment="l96", operator="half", method=variant, seed=0)
+        ).is_file()
+        assert evaluated == (variant == chosen["selected"]), variant
+    with xr.open_dataset(work / "results" / "metrics.nc") as ds:
+        sel = ds.sel({"experiment": "l96", "operator": "half", "method": "letkf_tuned"})
+        assert sel["variant"].item() == tuning.variant_label(chosen["selected"])
+        assert set(ds.seed.values) == {0}  # evaluation seeds only
+        with xr.open_dataset(
+            work / mc.RUN.format(experiment="l96", operator="half", method=chosen["selected"], seed=0)
+        ) as run:
+            np.testing.assert_array_equal(sel["rmse"].sel({"seed": 0}).values[:6], run["rmse"].values)
+    summary = (work / "results" / "summary.csv").read_text()
+    assert f'letkf_tuned,"{tuning.variant_label(chosen["selected"])}"' in summary
 
 
 @pytest.mark.slow
@@ -194,6 +254,56 @@ def test_changed_hyper_parameter_reruns_exactly_its_jobs(test_sweep, tmp_path):
     assert counts["assimilate"] == len(letkf_runs)
     assert "simulate" not in counts and "pretrain" not in counts and "dataset" not in counts
     assert counts["aggregate"] == 1
+
+
+def _tuning_config(path: Path, inflations: list[float], seeds: list[int]) -> Path:
+    cfg = copy.deepcopy(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+    cfg["methods"] = {
+        "enkf": cfg["methods"]["enkf"],
+        "letkf_tuned": {**cfg["methods"]["letkf_tuned"], "inflation": inflations},
+    }
+    exp = cfg["experiments"]["l96"]
+    exp.update(methods=["enkf", "letkf_tuned"], seeds=seeds)
+    cfg["experiments"] = {"l96": exp}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_tuning_reruns_only_what_changed(tmp_path):
+    """A value added to a tuned list runs only the new variants' tuning runs (and a new selection's
+    evaluation runs); a new evaluation seed reruns no tuning."""
+    work = tmp_path / "work"
+    work.mkdir()
+    first = _tuning_config(tmp_path / "first.yaml", [1.0, 1.1], [0])
+    done = snakemake(work, "--cores", "2", "--configfile", str(first))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = work / "results" / "runs"
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("seed*.nc")}
+    assert len(before) == 4 * 2 + 2  # 4 variants x 2 tuning seeds, enkf and the selected variant on seed 0
+    selection = work / mc.SELECTION.format(experiment="l96", operator="half", method="letkf_tuned")
+    old_choice = json.loads(selection.read_text())["selected"]
+
+    more = _tuning_config(tmp_path / "more.yaml", [1.0, 1.1, 1.3], [0])
+    plan = job_counts(snakemake(work, "-n", "--configfile", str(more)).stdout)
+    assert plan["assimilate"] == 2 * 2 and plan["tune"] == 1  # the inflation-1.3 variants (2 radii x 2 seeds)
+    assert "simulate" not in plan
+    done = snakemake(work, "--cores", "2", "--configfile", str(more))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "an unchanged run was redone"
+    cfg = mc.load_validated(more)
+    new_choice = json.loads(selection.read_text())["selected"]
+    assert new_choice == _brute_force_selection(work, cfg, "l96", "half", "letkf_tuned")
+    evaluated = runs / "l96" / "half" / new_choice / "seed0.nc"
+    assert evaluated.is_file() and (evaluated in before) == (new_choice == old_choice)
+    with xr.open_dataset(work / "results" / "metrics.nc") as ds:
+        assert ds["variant"].sel(
+            {"experiment": "l96", "operator": "half", "method": "letkf_tuned"}
+        ).item() == (tuning.variant_label(new_choice))
+
+    seeds = _tuning_config(tmp_path / "seeds.yaml", [1.0, 1.1, 1.3], [0, 3])
+    plan = job_counts(snakemake(work, "-n", "--configfile", str(seeds)).stdout)
+    assert plan["assimilate"] == 2 and plan["simulate"] == 1 and "tune" not in plan
 
 
 # ---- interrupted sweep -----------------------------------------------------------------------------

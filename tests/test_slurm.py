@@ -329,14 +329,17 @@ def test_pipeline_test_config_on_slurm(tmp_path):
     assert ids
     states = wait_for_final_states(ids)
     assert {i: s for i, s in states.items() if s != ["COMPLETED"]} == {}
-    # the 10 runs of the classical methods went as one SLURM job, the 2 simulations as another, and every
-    # score-based run (a GPU job on a real cluster) as its own
+    # the runs of the classical methods known from the start (10 evaluation runs, the tuned method's 8
+    # tuning runs) went as one SLURM job, the tuned method's evaluation run (planned after its selection,
+    # which runs on the submitting host) as a second, the 4 simulations as a third, and every score-based
+    # run (a GPU job on a real cluster) as its own
     cfg = mc.load_validated(str(config))
     classical = [r for r in mc.runs(cfg) if not mc.is_score_based(cfg, r["method"])]
-    assert len(classical) == 10
-    assert len(job_ids(tmp_path, "runs_assimilate")) == 1
+    assert len(classical) == 11 and len(mc.tuning_runs(cfg)) == 8
+    assert len(job_ids(tmp_path, "runs_assimilate")) == 2
     assert len(job_ids(tmp_path, "simulations_simulate")) == 1
     assert len(job_ids(tmp_path, "assimilate")) == len(mc.runs(cfg)) - len(classical)
+    assert not (tmp_path / "logs" / "submitit" / "tune").exists()  # a local rule
 
 
 @pytest.mark.slow

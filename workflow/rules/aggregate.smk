@@ -5,23 +5,24 @@
 
 
 rule run_list:
+    input:
+        selections=selection_files(),
     output:
         mc.RUN_LIST,
     params:
-        runs=lambda wc: mc.runs(CFG),
+        runs=lambda wc: mc.runs(CFG),  # (tuned methods' variants are filled in from their selections)
     localrule: True
     run:
-        import json
-
         from masf.io import write_text
 
-        write_text(json.dumps(params.runs, sort_keys=True), output[0])
+        write_text(json.dumps(mc.runs(CFG, mc.read_selections(CFG)), sort_keys=True), output[0])
 
 
 rule aggregate:
     input:
         run_list=mc.RUN_LIST,
-        runs=run_files,
+        runs=run_files(tuned=False),
+        tuned=run_files(tuned=True),
         benchmarks=benchmark_files,
     output:
         metrics=report(

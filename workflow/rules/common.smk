@@ -37,16 +37,51 @@ def input_options(wildcards, input):
     return " ".join(options)
 
 
-def run_files(wildcards):
-    """Every run file of the sweep."""
-    return [mc.RUN.format(**r) for r in mc.runs(CFG)]
+def selection_files(experiment=None):
+    """The selection files of the tuned methods (of one experiment, or of all)."""
+    jobs = mc.tune_jobs(CFG)
+    return [mc.SELECTION.format(**j) for j in jobs if experiment in (None, j["experiment"])]
+
+
+def tuning_run_files(wildcards):
+    """The tuning runs of one tuned method: each variant on each tuning seed."""
+    seeds = CFG["experiments"][wildcards.experiment]["tuning_seeds"]
+    return [
+        mc.RUN.format(experiment=wildcards.experiment, operator=wildcards.operator, method=v, seed=s)
+        for v in mc.variants_of(CFG, wildcards.method)
+        for s in seeds
+    ]
+
+
+def selected_variant(experiment, operator, method):
+    """The name the evaluation runs of ``method`` are under: itself, or for a tuned method the variant
+    its `tune` checkpoint selected (Snakemake re-plans the dependent jobs once the checkpoint has run)."""
+    if not mc.is_tuned(CFG, method):
+        return method
+    path = checkpoints.tune.get(experiment=experiment, operator=operator, method=method).output[0]
+    return json.loads(Path(path).read_text())["selected"]
+
+
+def evaluation_runs(tuned):
+    """The evaluation runs of the untuned methods (``tuned`` False), or of the tuned ones under their
+    selected variants (True; apart, so that the untuned runs need not wait for the tuning)."""
+    if not tuned:
+        return [r for r in mc.runs(CFG) if not mc.is_tuned(CFG, r["method"])]
+    selected = {(j["experiment"], j["operator"], j["method"]): selected_variant(**j) for j in mc.tune_jobs(CFG)}
+    return [r for r in mc.runs(CFG, selected) if mc.is_tuned(CFG, r["method"])]
+
+
+def run_files(tuned):
+    """An input function: the evaluation run files (see evaluation_runs)."""
+    return lambda wildcards: [mc.run_path(r) for r in evaluation_runs(tuned)]
 
 
 def benchmark_files(wildcards):
-    """The benchmark files of every assimilate and pretrain job (the wall-clock source of truth)."""
+    """The benchmark files of every untuned evaluation and pretrain job (the wall-clock source of truth;
+    a tuned method's appear with its run files, the rule's `tuned` input)."""
     runs = [
-        mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}".format(**r))
-        for r in mc.runs(CFG)
+        mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{variant}/seed{seed}".format(**r))
+        for r in evaluation_runs(False)
     ]
     pretrain = [
         mc.BENCHMARK.format(stage="pretrain", name="{experiment}/{operator}/{method}".format(**j))
@@ -74,7 +109,12 @@ def vorticity_inputs(wildcards):
     return {
         "data": mc.DATA.format(experiment=wildcards.experiment, seed=seed),
         "runs": [
-            mc.RUN.format(experiment=wildcards.experiment, operator=wildcards.operator, method=m, seed=seed)
+            mc.RUN.format(
+                experiment=wildcards.experiment,
+                operator=wildcards.operator,
+                method=selected_variant(wildcards.experiment, wildcards.operator, m),
+                seed=seed,
+            )
             for m in methods
         ],
     }
