@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import xarray as xr
+from matplotlib import patheffects
 
 from masf import tuning
 from masf.io import atomic_path, read_dataset
@@ -132,6 +133,10 @@ def summary_figures(metrics: str | Path, experiment: str, outdir: str | Path) ->
     return paths
 
 
+# a white halo keeps text readable on dark and light heatmap cells alike
+_OUTLINE = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+
+
 def _tuning_panel(ax: plt.Axes, chosen: dict) -> None:
     """One tuned method's surface: a line over one tuned key, a heatmap over two, bars beyond that. The
     selected variant is marked; a variant that diverged on a tuning seed is marked "div"."""
@@ -153,7 +158,7 @@ def _tuning_panel(ax: plt.Axes, chosen: dict) -> None:
         for r, value, bad in zip(rows, score, diverged, strict=True):
             i, j = ys.index(r["values"][keys[0]]), xs.index(r["values"][keys[1]])
             text = "div" if bad else f"{value:.3g}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if bad else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, path_effects=_OUTLINE)
         i, j = ys.index(rows[best]["values"][keys[0]]), xs.index(rows[best]["values"][keys[1]])
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
         ax.set_xticks(range(len(xs)), [str(x) for x in xs])

@@ -17,8 +17,6 @@ from masf import config as mc
 # (experiment, operator), every score-based method beats the climatology (no assimilation) and the best
 # method reaches half of climatology's RMSE (median over the seeds of the time-mean analysis RMSE).
 
-SCORE_BASED = {"masf", "sf", "ssls"}
-
 
 @pytest.mark.slow
 def test_default_sweep_ranks_the_methods(tmp_path):
@@ -47,7 +45,7 @@ def test_default_sweep_ranks_the_methods(tmp_path):
             floor = med["climatology"]
             for m in methods:
                 assert np.isfinite(med[m]), (experiment, operator, m)
-                if cfg["methods"][m]["filter"] in SCORE_BASED:
+                if mc.is_score_based(cfg, m):
                     assert med[m] < floor, (
                         f"{experiment}/{operator}: {m} {med[m]:.3f} >= climatology {floor:.3f}"
                     )

@@ -258,3 +258,40 @@ def test_figure_of_the_tuning_surface(tmp_path):
     out = tmp_path / "tuning.png"
     assert cli.main(["figures", "tuning", "--selections", *map(str, paths), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tune_command_names_what_is_wrong(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "config" / "test.yaml")
+    where = ["--experiment", "l96", "--operator", "half"]
+    with pytest.raises(SystemExit, match="unknown method 'letkf'; allowed: letkf_tuned"):
+        cli.main(["tune", "--config", config, *where, "--method", "letkf", "--out", "s.json"])
+    with pytest.raises(
+        SystemExit, match=r"unknown method 'letkf_tuned' \(it is tuned: give one of its variants\)"
+    ):
+        cli.main(
+            [
+                "assimilate",
+                "--config",
+                config,
+                *where,
+                "--method",
+                "letkf_tuned",
+                "--data",
+                "d.nc",
+                "--seed",
+                "0",
+                "--out",
+                "r.nc",
+            ]
+        )
+    # before its tuning runs exist: one line naming the first missing run file, nothing written
+    assert cli.main(["tune", "--config", config, *where, "--method", "letkf_tuned", "--out", "s.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "masf: no such run file: results/runs/l96/half/letkf_tuned@inflation=1.0@radius=2.0/seed1.nc"
+    )
+    assert not (tmp_path / "s.json").exists()
+    cfg = mc.load_validated(config)
+    with pytest.raises(FileNotFoundError, match="run the sweep's tune step first"):
+        mc.read_selections(cfg)
