@@ -85,7 +85,7 @@ def main() -> None:
     runs = mc.runs(cfg)
     loop, outside = [], []
     for run in runs:
-        with netCDF4.Dataset(work / mc.RUN.format(**run)) as ds:
+        with netCDF4.Dataset(work / mc.run_path(run)) as ds:
             loop.append(float(ds.getncattr("wall_clock_total_s")))
         name = "{experiment}/{operator}/{method}/seed{seed}".format(**run)
         bench = (work / mc.BENCHMARK.format(stage="assimilate", name=name)).read_text().splitlines()
