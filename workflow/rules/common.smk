@@ -101,20 +101,24 @@ def figure(name, caption, subcategory):
     )
 
 
-def vorticity_inputs(wildcards):
-    """Truth/observations of the first seed and each method's run file for one operator."""
-    exp = CFG["experiments"][wildcards.experiment]
-    seed = exp["seeds"][0]
+def vorticity_data(wildcards):
+    """Truth/observations of the experiment's first seed."""
+    seed = CFG["experiments"][wildcards.experiment]["seeds"][0]
+    return mc.DATA.format(experiment=wildcards.experiment, seed=seed)
+
+
+def vorticity_runs(wildcards):
+    """Each method's run file of the first seed for one operator (a tuned method's selected variant).
+    A separate input from the data: until a `tune` checkpoint has run, Snakemake stands its output in
+    for this input only, and the rule's other inputs stay as they are."""
+    seed = CFG["experiments"][wildcards.experiment]["seeds"][0]
     methods = mc.methods_for(CFG, wildcards.experiment, wildcards.operator)
-    return {
-        "data": mc.DATA.format(experiment=wildcards.experiment, seed=seed),
-        "runs": [
-            mc.RUN.format(
-                experiment=wildcards.experiment,
-                operator=wildcards.operator,
-                method=selected_variant(wildcards.experiment, wildcards.operator, m),
-                seed=seed,
-            )
-            for m in methods
-        ],
-    }
+    return [
+        mc.RUN.format(
+            experiment=wildcards.experiment,
+            operator=wildcards.operator,
+            method=selected_variant(wildcards.experiment, wildcards.operator, m),
+            seed=seed,
+        )
+        for m in methods
+    ]

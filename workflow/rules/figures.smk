@@ -28,7 +28,8 @@ rule figures:
 
 rule vorticity:
     input:
-        unpack(vorticity_inputs),
+        data=vorticity_data,
+        runs=vorticity_runs,
     output:
         report(
             f"{mc.FIGURES}/vorticity_{{operator}}.png",
