@@ -107,14 +107,12 @@ def selection(spec: Mapping[str, Any], jobs: int = 1) -> dict[str, Any]:
     (:func:`masf.tuning.select`). ``spec``: :func:`masf.config.tune_spec`. NaN is written as null."""
     names, metric, seeds = spec["names"], spec["metric"], [int(s) for s in spec["seeds"]]
     keys = [(v, s) for v in spec["variants"] for s in seeds]
-    paths = [
-        mc.RUN.format(experiment=names["experiment"], operator=names["operator"], method=v, seed=s)
-        for v, s in keys
-    ]
+    paths = [mc.run_path({**names, "variant": v, "seed": s}) for v, s in keys]
     loaded = read_runs(paths, jobs)
+    statuses = [str(attrs.get("status", "ok")) for _, attrs in loaded]
     per_run = {
-        key: (run_metric(a, str(t.get("status", "ok")), metric), str(t.get("status", "ok")))
-        for key, (a, t) in zip(keys, loaded, strict=True)
+        key: (run_metric(arrays, state, metric), state)
+        for key, (arrays, _), state in zip(keys, loaded, statuses, strict=True)
     }
     scores = {}
     for v in spec["variants"]:
@@ -181,9 +179,8 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
         )
     }
     status = np.zeros(shape, dtype=np.int8)
-    variant = np.full(
-        shape[:3], "", dtype=object
-    )  # a tuned method's selected values, e.g. "inflation=1.1, radius=4.0"
+    # a tuned method's selected values, e.g. "inflation=1.1, radius=4.0"
+    variant = np.full(shape[:3], "", dtype=object)
     spatial = False
     position = {
         k: {v: i for i, v in enumerate(axes[k])} for k in ("experiment", "operator", "method", "seed")
@@ -208,14 +205,7 @@ def aggregate(runs: Sequence[dict[str, Any]], jobs: int = 1) -> xr.Dataset:
         spatial = spatial or "ssim" in arrays
         for stage in STAGES:
             scalars[f"wall_clock_{stage}_s"][idx] = float(attrs.get(f"wall_clock_{stage}_s", math.nan))
-        bench = benchmark_seconds(
-            mc.BENCHMARK.format(
-                stage="assimilate",
-                name="{experiment}/{operator}/{method}/seed{seed}".format(
-                    experiment=r["experiment"], operator=r["operator"], method=under, seed=r["seed"]
-                ),
-            )
-        )
+        bench = benchmark_seconds(mc.BENCHMARK.format(stage="assimilate", name=mc.run_name(r)))
         scalars["wall_clock_s"][idx] = (
             bench if math.isfinite(bench) else float(attrs.get("wall_clock_total_s", math.nan))
         )

@@ -28,7 +28,9 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 DATA = "results/data/{experiment}/seed{seed}.nc"
 SNAPSHOTS = "results/datasets/{experiment}.nc"
 CHECKPOINT = "results/checkpoints/{experiment}/{operator}/{method}.pt"
-RUN = "results/runs/{experiment}/{operator}/{method}/seed{seed}.nc"
+# A run's name in its run, log and benchmark paths ({method}: the method, or a tuned method's variant).
+RUN_NAME = "{experiment}/{operator}/{method}/seed{seed}"
+RUN = f"results/runs/{RUN_NAME}.nc"
 METRICS = "results/metrics.nc"
 RUN_LIST = "results/runs.json"  # the sweep's runs as JSON, read by `masf aggregate --runs-file`
 SELECTION = "results/tuning/{experiment}/{operator}/{method}.json"  # a tuned method's chosen variant
@@ -404,13 +406,17 @@ def _check_kind(value: Any, kind: Kind, where: str) -> None:
         raise bad("a nested list of numbers or a JSON string")
 
 
+def _check_known(key: str, table: dict[str, Kind], where: str, owner: str) -> None:
+    if key not in table:
+        allowed = ", ".join(sorted(table)) or "(none)"
+        raise ConfigError(
+            f"{where}.{key}: unknown parameter of {owner}{_did_you_mean(key, table)}; allowed: {allowed}"
+        )
+
+
 def _check_params(params: dict[str, Any], table: dict[str, Kind], where: str, owner: str) -> None:
     for key, value in params.items():
-        if key not in table:
-            allowed = ", ".join(sorted(table)) or "(none)"
-            raise ConfigError(
-                f"{where}.{key}: unknown parameter of {owner}{_did_you_mean(key, table)}; allowed: {allowed}"
-            )
+        _check_known(key, table, where, owner)
         _check_kind(value, table[key], f"{where}.{key}")
 
 
@@ -547,11 +553,7 @@ def _expand_tuned(cfg: dict[str, Any]) -> None:
         method = {**method, **{k: v[0] for k, v in grid.items() if len(v) == 1}}
         grid = {k: v for k, v in grid.items() if len(v) != 1}
         for key, values in grid.items():
-            if key not in table:
-                raise ConfigError(
-                    f"methods.{name}.{key}: unknown parameter of filter {method['filter']!r}"
-                    f"{_did_you_mean(key, table)}; allowed: {', '.join(sorted(table)) or '(none)'}"
-                )
+            _check_known(key, table, f"methods.{name}", f"filter {method['filter']!r}")
             for i, value in enumerate(values):
                 _check_kind(value, table[key], f"methods.{name}.{key}[{i}]")
         try:
@@ -725,15 +727,22 @@ def tune_spec(cfg: dict[str, Any], experiment: str, operator: str, method: str) 
     }
 
 
-def run_path(run: dict[str, Any]) -> str:
-    """The run file of a run dict: under its ``variant`` (the method itself when untuned or absent);
+def run_name(run: dict[str, Any]) -> str:
+    """:data:`RUN_NAME` of a run dict: under its ``variant`` (the method itself when untuned or absent);
     ``ValueError`` for a tuned method's evaluation run before its variant is selected."""
     method = run.get("variant", run["method"])
     if method is None:
         raise ValueError(
             f"run {run['experiment']}/{run['operator']}/{run['method']}: no variant selected yet"
         )
-    return RUN.format(experiment=run["experiment"], operator=run["operator"], method=method, seed=run["seed"])
+    return RUN_NAME.format(
+        experiment=run["experiment"], operator=run["operator"], method=method, seed=run["seed"]
+    )
+
+
+def run_path(run: dict[str, Any]) -> str:
+    """The run file of a run dict (see :func:`run_name`)."""
+    return f"results/runs/{run_name(run)}.nc"
 
 
 def read_selections(cfg: dict[str, Any], root: str | Path = ".") -> dict[tuple[str, str, str], str]:

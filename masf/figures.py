@@ -143,7 +143,7 @@ def _tuning_panel(ax: plt.Axes, chosen: dict) -> None:
     rows = chosen["variants"]
     keys = list(rows[0]["values"])
     score = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
-    labels = [",".join(f"{k}={r['values'][k]}" for k in keys) for r in rows]
+    labels = [tuning.variant_label(r["variant"]) for r in rows]
     best = next(i for i, r in enumerate(rows) if r["variant"] == chosen["selected"])
     diverged = [r["diverged"] > 0 for r in rows]
     metric = chosen["metric"]

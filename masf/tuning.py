@@ -24,7 +24,6 @@ METRICS: dict[str, str] = {
     "crps_mean": "min",
     "ssim_mean": "max",
 }
-DEFAULT_METRIC = "rmse_mean"
 #: At most this many variants per method (each runs on every tuning seed of every experiment using it).
 MAX_VARIANTS = 1000
 

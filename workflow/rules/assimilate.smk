@@ -13,9 +13,9 @@ rule assimilate:
         spec=lambda wc: mc.to_json(mc.assimilate_spec(CFG, wc.experiment, wc.operator, wc.method)),
         options=input_options,
     log:
-        mc.LOG.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}"),
+        mc.LOG.format(stage="assimilate", name=mc.RUN_NAME),
     benchmark:
-        mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{method}/seed{seed}")
+        mc.BENCHMARK.format(stage="assimilate", name=mc.RUN_NAME)
     threads: res("assimilate", "threads")
     group: lambda wc: None if mc.is_score_based(CFG, wc.method) else "runs"
     resources:

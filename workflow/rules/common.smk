@@ -79,10 +79,7 @@ def run_files(tuned):
 def benchmark_files(wildcards):
     """The benchmark files of every untuned evaluation and pretrain job (the wall-clock source of truth;
     a tuned method's appear with its run files, the rule's `tuned` input)."""
-    runs = [
-        mc.BENCHMARK.format(stage="assimilate", name="{experiment}/{operator}/{variant}/seed{seed}".format(**r))
-        for r in evaluation_runs(False)
-    ]
+    runs = [mc.BENCHMARK.format(stage="assimilate", name=mc.run_name(r)) for r in evaluation_runs(False)]
     pretrain = [
         mc.BENCHMARK.format(stage="pretrain", name="{experiment}/{operator}/{method}".format(**j))
         for j in mc.pretrain_jobs(CFG)
