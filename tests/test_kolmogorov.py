@@ -55,10 +55,11 @@ def test_vorticity_bad_shape() -> None:
 # --- construction and parameters ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n, inner", [(64, 21), (128, 41), (256, 82), (512, 163)])
-def test_inner_steps_match_jax_cfd_counts(n: int, inner: int) -> None:
-    """ceil(0.2 / (0.5 · (2π/n) / 5)): the counts jax-cfd uses (anchors.md §2.1)."""
+@pytest.mark.parametrize("n, inner, jax_cfd", [(64, 13, 21), (128, 26, 41), (256, 51, 82), (512, 102, 163)])
+def test_inner_steps_from_the_cfl_bound(n: int, inner: int, jax_cfd: int) -> None:
+    """ceil(0.2 / (courant · (2π/n) / 5)) with courant 0.8 (RK4); jax-cfd's counts are those of courant 0.5."""
     assert Kolmogorov(n=n).steps_per_dt == inner
+    assert Kolmogorov(n=n, courant=0.5).steps_per_dt == jax_cfd
     assert Kolmogorov(n=n, inner_steps=7).steps_per_dt == 7
 
 
@@ -67,7 +68,7 @@ def test_params_and_shape() -> None:
 
     s = Kolmogorov(n=32)
     p = s.params()
-    assert s.state_shape == (2, 32, 32) and s.steps_per_dt == 11 and s.viscosity == pytest.approx(1e-3)
+    assert s.state_shape == (2, 32, 32) and s.steps_per_dt == 7 and s.viscosity == pytest.approx(1e-3)
     assert p["name"] == "kolmogorov" and p["n"] == 32 and p["reynolds"] == 1000.0
     assert p["drag"] == 0.1 and p["dt"] == 0.2 and "inner_steps" not in p
     assert all(isinstance(v, int | float | str) for v in p.values())
@@ -158,13 +159,13 @@ def test_spin_up_from_rest() -> None:
     torch.testing.assert_close(out, expected, atol=1e-13, rtol=0)
 
 
-def test_third_order_in_time() -> None:
-    """Halving the inner step cuts the error of one outer step by about 2³ = 8 (turbulent initial state)."""
+def test_fourth_order_in_time() -> None:
+    """Halving the inner step cuts the error of one outer step by about 2⁴ = 16 (turbulent initial state)."""
     g = torch.Generator().manual_seed(3)
     x0 = Kolmogorov(n=32).sample_initial(1, generator=g, dtype=torch.float64)
-    ref = Kolmogorov(n=32, inner_steps=128).step(x0)
-    err = [(Kolmogorov(n=32, inner_steps=m).step(x0) - ref).abs().max().item() for m in (8, 16)]
-    assert 6.5 < err[0] / err[1] < 10.0, err
+    ref = Kolmogorov(n=32, inner_steps=256).step(x0)
+    err = [(Kolmogorov(n=32, inner_steps=m).step(x0) - ref).abs().max().item() for m in (8, 16, 32)]
+    assert 13.0 < err[0] / err[1] < 19.0 and 13.0 < err[1] / err[2] < 19.0, err
 
 
 def test_differentiable() -> None:
