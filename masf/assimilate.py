@@ -223,10 +223,13 @@ def run(
                 lead_err = []
                 for j in range(leads):
                     ensemble = system.step(ensemble, 1, generator=model_noise)
+                    if not bool(torch.isfinite(ensemble).all()):
+                        break  # blew up inside the cycle: a system refuses to step it, the check below records it
                     target = truth_steps[k * steps_per_cycle + j : k * steps_per_cycle + j + 1]
                     lead_err.append(metrics.rmse(ensemble.mean(0, keepdim=True), target)[0])
-                ensemble = system.step(ensemble, 1, generator=model_noise)
-                rmse_lead[k, :leads] = torch.stack(lead_err).cpu().double()
+                else:
+                    ensemble = system.step(ensemble, 1, generator=model_noise)
+                    rmse_lead[k, :leads] = torch.stack(lead_err).cpu().double()
             else:
                 ensemble = system.step(ensemble, steps_per_cycle, generator=model_noise)
         if not bool(torch.isfinite(ensemble).all()):

@@ -82,6 +82,47 @@ def test_diverged_run_stops_with_status_and_nan():
     assert np.isnan(ds["rmse"].values[2:]).all()
 
 
+@dataclass(frozen=True)
+class BlowUp:
+    """Drift that refuses non-finite input, as the real systems do, and blows up once its mean reaches 5."""
+
+    dim: int = 3
+    at_mean: float = 5.0
+    name: str = "blowup"
+
+    @property
+    def state_shape(self):
+        return (self.dim,)
+
+    def step(self, x, n=1, *, generator=None):
+        from masf.systems.base import check_state
+
+        check_state(x, self.state_shape, self.name)
+        for _ in range(n):
+            x = x + 1.0
+            if float(x.mean()) >= self.at_mean:
+                x = x * float("inf")
+        return x
+
+
+def test_a_blow_up_inside_a_cycle_is_diverged_not_a_crash():
+    """With intermediate forecast frames (steps_per_cycle 3, truth_steps given) the forecast steps one
+    at a time. The first analysis puts the mean at 3; the state blows up when its mean reaches 5, at the
+    second step of cycle 1. That must end the run as diverged at cycle 1, not with the system refusing
+    the non-finite state at the next step."""
+    truth_steps = torch.zeros(9, 3, dtype=torch.float64)
+    obs = torch.zeros(3, 3, dtype=torch.float64)
+    obs[0] = 3.0
+    ens0 = torch.zeros(4, 3, dtype=torch.float64)
+    ds = run(
+        BlowUp(), Everything(), ReplaceWithObservation(), obs, ens0, truth=obs, truth_steps=truth_steps,
+        steps_per_cycle=3,
+    )  # fmt: skip
+    assert ds.attrs["status"] == "diverged"
+    assert ds.attrs["status_reason"] == "non-finite forecast at cycle 1"
+    assert np.isfinite(ds["rmse"].values[0]) and np.isnan(ds["rmse"].values[1:]).all()
+
+
 def test_bad_input():
     system = Drift()
     with pytest.raises(ValueError, match="at least 2 members"):
