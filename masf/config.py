@@ -104,6 +104,7 @@ SYSTEM_PARAMS: dict[str, dict[str, Kind]] = {
         "init_max_velocity": "num+",
         "init_peak_wavenumber": "num+",
         "spinup_steps": "int0",
+        "cuda_graphs": "bool",
     },
 }
 
@@ -157,6 +158,7 @@ _NETWORK: dict[str, Kind] = {
     "normalize": "bool",
     "norm_form": ("affine", "scale_only"),
     "norm_update": ("fixed", "adaptive"),
+    "compile": "bool",
 }
 FILTER_PARAMS: dict[str, dict[str, Kind]] = {
     "masf": {

@@ -286,6 +286,53 @@ def test_cuda_matches_cpu() -> None:
     assert s.sample_initial(2, generator=g, device="cuda").device.type == "cuda"
 
 
+def test_graph_safe_step_is_the_same_arithmetic() -> None:
+    """The CUDA-graph path carries the mean velocity U as a tensor even when it is zero (no host branch
+    inside the graph): on CPU, advancing with U = 0 as a tensor equals advancing with U = None bitwise,
+    and a nonzero U decays as e^{−μΔt} per outer step."""
+    s = Kolmogorov(n=32)
+    x = s.sample_initial(2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    from masf.systems.kolmogorov import _band
+
+    band = _band(32, x.device, x.dtype)
+    w_lam = s._laminar_hat(band)
+    lam_uv = w_lam * band.to_uv
+    wh, mean = s._to_spectral(x, band)
+    mean = torch.zeros_like(mean)
+    with_none, _ = s._advance(wh - w_lam, None, band, lam_uv)
+    with_zero, carried = s._advance(wh - w_lam, mean, band, lam_uv)
+    assert torch.equal(with_none, with_zero) and torch.equal(carried, mean)
+    _, decayed = s._advance(wh - w_lam, mean + 0.5, band, lam_uv)
+    torch.testing.assert_close(decayed, torch.full_like(mean, 0.5 * math.exp(-0.1 * 0.2)), rtol=1e-12, atol=0)
+
+
+def test_cuda_graphs_flag() -> None:
+    """cuda_graphs is a plain system parameter: round-trips through params(), refused when not a bool,
+    and on CPU the step is the eager one (bitwise)."""
+    from masf import cuda_graphs
+    from masf.systems import make_system
+
+    s = Kolmogorov(n=32, cuda_graphs=True)
+    assert make_system(**s.params()) == s and "cuda_graphs" not in Kolmogorov(n=32).params()
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+        Kolmogorov(n=32, cuda_graphs=1)
+    x = s.sample_initial(2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s.step(x, 2), Kolmogorov(n=32).step(x, 2))
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        cuda_graphs.iterate(lambda t: (t,), (x,), 1, key="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replays_match_eager() -> None:
+    """Replays of the captured outer step equal the eager CUDA step, for a first and a second input
+    (the static buffers are refilled), with and without a mean velocity."""
+    eager, graphed = Kolmogorov(n=64), Kolmogorov(n=64, cuda_graphs=True)
+    g = torch.Generator().manual_seed(0)
+    for x in (eager.sample_initial(3, generator=g), eager.sample_initial(3, generator=g) + 0.2):
+        x = x.cuda()
+        torch.testing.assert_close(graphed.step(x, 3), eager.step(x, 3), atol=1e-5, rtol=1e-5)
+
+
 # --- benchmark helpers (benchmarks/kolmogorov_speed/flowstats.py) -------------------------------------
 
 

@@ -94,6 +94,8 @@ class MASF:
         score_model: ``network`` (learned) or ``gaussian`` (exact for a Gaussian fit of the ensemble).
         normalize, norm_form, norm_update: per-channel normalization (``affine``/``scale_only``,
             ``fixed``/``adaptive``).
+        compile: compile the pretrained network for sampling and fine-tuning (``torch.compile``; CUDA
+            graphs on a GPU; ``score_common.compile_network``). Same numbers up to float rounding.
     """
 
     name: ClassVar[str] = "masf"
@@ -120,6 +122,7 @@ class MASF:
     finetune_replay: float = 0.5
     finetune_jitter: float = 0.0
     finetune_optimizer: str = "persistent"
+    compile: bool = False
     scratch: bool = False
     scratch_epochs: int = 200
     score_model: str = "network"

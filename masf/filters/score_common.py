@@ -94,8 +94,9 @@ def check_training_fields(obj: Any, method: str) -> None:
         raise ValueError(
             f"{method}: finetune_optimizer must be one of {', '.join(OPTIMIZERS)}, got {obj.finetune_optimizer!r}"
         )
-    if not isinstance(obj.normalize, bool):
-        raise ValueError(f"{method}: normalize must be True or False, got {obj.normalize!r}")
+    for name in ("normalize", "compile"):
+        if not isinstance(getattr(obj, name), bool):
+            raise ValueError(f"{method}: {name} must be True or False, got {getattr(obj, name)!r}")
     if obj.norm_form not in FORMS:
         raise ValueError(f"{method}: norm_form must be one of {', '.join(FORMS)}, got {obj.norm_form!r}")
     if obj.norm_update not in UPDATES:
@@ -276,8 +277,23 @@ def pretrain_network(
     )
 
 
-def loaded_model(ctx: Context, expect: dict[str, Any], like: Tensor, method: str) -> ScoreModel:
-    """The model in ``ctx.state`` (loaded from ``ctx.pretrained`` on first use, onto ``like``'s device).
+def compile_network(net: nn.Module, device: torch.device) -> nn.Module:
+    """Compile ``net``'s forward in place (``nn.Module.compile``: parameters and state_dict keys unchanged).
+
+    On CUDA with ``mode="reduce-overhead"``: TorchInductor kernels replayed as CUDA graphs, so a denoiser
+    call or a fine-tuning step costs its arithmetic, not one launch per layer (docs/architecture.md,
+    "Compiled networks"). On CPU with the default mode (C++ kernels). Static shapes: each batch size
+    (the ensemble, the fine-tuning batch, the pathwise pair) compiles once, on first use.
+    """
+    net.compile(mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+    return net
+
+
+def loaded_model(
+    ctx: Context, expect: dict[str, Any], like: Tensor, method: str, *, compile: bool = False
+) -> ScoreModel:
+    """The model in ``ctx.state`` (loaded from ``ctx.pretrained`` on first use, onto ``like``'s device;
+    compiled by :func:`compile_network` when ``compile``).
 
     ``expect`` is checked against the checkpoint's config (``masf.train.load_checkpoint``).
     """
@@ -289,6 +305,8 @@ def loaded_model(ctx: Context, expect: dict[str, Any], like: Tensor, method: str
             )
         ckpt = load_checkpoint(ctx.pretrained, expect=expect, device=like.device)
         net = ckpt.net.to(dtype=like.dtype).eval()
+        if compile:
+            compile_network(net, like.device)
         model = ScoreModel(net=net, normalizer=normalizer_from_json(ckpt.config["normalizer"]))
         ctx.state[STATE_KEY] = model
     return model
@@ -443,6 +461,6 @@ def prepared_model(
     """The model of filter ``f`` for this analysis: loaded from ``ctx.pretrained`` on first use (checked
     against ``expect``), then fine-tuned on ``prior`` with ``loss_fn(model)`` and ``f``'s ``finetune_*``
     fields (from the second analysis on; see :func:`finetune_model`)."""
-    model = loaded_model(ctx, expect, prior, f.name)
+    model = loaded_model(ctx, expect, prior, f.name, compile=f.compile)
     finetune_model(model, prior, loss_fn(model), ctx, f)
     return model

@@ -151,6 +151,8 @@ class SF:
             second analysis on (fresh AdamW each time); ``finetune_epochs=0`` switches it off.
         normalize, norm_form, norm_update: per-channel normalization (``masf.diffusion.normalizer``);
             ``normalize=False`` works in physical units.
+        compile: compile the pretrained network for sampling and fine-tuning (``torch.compile``; CUDA
+            graphs on a GPU; ``score_common.compile_network``). Same numbers up to float rounding.
     """
 
     nfe: int = 500
@@ -171,6 +173,7 @@ class SF:
     finetune_replay: float = 0.5
     finetune_jitter: float = 0.0
     finetune_optimizer: str = "persistent"
+    compile: bool = False
     normalize: bool = True
     norm_form: str = "affine"
     norm_update: str = "fixed"

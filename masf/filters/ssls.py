@@ -121,7 +121,7 @@ class SSLS:
         decay: OU decay λ >= 0 (target tilted by exp(−λ‖x‖²/2)).
         tol: per-sample RMS bound of the total score G, > 0.
         network: ``"auto"`` or a ``masf.nets`` kind; width/depth/levels: see ``score_common.network_sizes``.
-        pretrain_*, finetune_*, normalize, norm_form, norm_update: as for :class:`masf.filters.sf.SF`.
+        pretrain_*, finetune_*, normalize, norm_form, norm_update, compile: as for :class:`masf.filters.sf.SF`.
     """
 
     sigma: float = 0.05
@@ -143,6 +143,7 @@ class SSLS:
     finetune_replay: float = 0.5
     finetune_jitter: float = 0.0
     finetune_optimizer: str = "persistent"
+    compile: bool = False
     normalize: bool = True
     norm_form: str = "affine"
     norm_update: str = "fixed"

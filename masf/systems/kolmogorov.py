@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from masf import cuda_graphs
 from masf.systems.base import check_state, check_steps
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -163,7 +164,8 @@ class Kolmogorov:
     ``dt`` the outer step Δt of one ``step``; ``max_velocity`` and ``courant`` fix the inner step from
     the CFL bound (see the module docstring) unless ``inner_steps`` is given; ``init_max_velocity`` and
     ``init_peak_wavenumber`` shape ``sample_initial``; ``spinup_steps`` is the default spin-up of
-    ``sample_climatology`` (50 outer steps, t = 10, as in the paper).
+    ``sample_climatology`` (50 outer steps, t = 10, as in the paper); ``cuda_graphs`` replays each outer
+    step of a CUDA state as one captured CUDA graph (``step``; no effect on CPU).
     """
 
     n: int = 64
@@ -178,6 +180,7 @@ class Kolmogorov:
     init_max_velocity: float = 3.0
     init_peak_wavenumber: float = 4.0
     spinup_steps: int = 50
+    cuda_graphs: bool = False
     name: str = field(default="kolmogorov", init=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +215,8 @@ class Kolmogorov:
             )
         if not isinstance(self.spinup_steps, int) or self.spinup_steps < 0:
             raise ValueError(f"Kolmogorov: spinup_steps must be an integer >= 0, got {self.spinup_steps!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"Kolmogorov: cuda_graphs must be True or False, got {self.cuda_graphs!r}")
 
     @property
     def state_shape(self) -> tuple[int, int, int]:
@@ -230,7 +235,7 @@ class Kolmogorov:
         return max(1, math.ceil(self.dt / h_max - 1e-9))
 
     def params(self) -> dict[str, float | int | str]:
-        """Every field, so that ``make_system(**s.params()) == s`` (``inner_steps`` only when set)."""
+        """Every field, so that ``make_system(**s.params()) == s`` (``inner_steps`` and ``cuda_graphs`` only when set)."""
         out: dict[str, float | int | str] = {"name": self.name, "n": self.n}
         for key in ("reynolds", "forcing_amplitude", "drag", "dt", "max_velocity", "courant"):
             out[key] = float(getattr(self, key))
@@ -240,6 +245,8 @@ class Kolmogorov:
         out["init_max_velocity"] = float(self.init_max_velocity)
         out["init_peak_wavenumber"] = float(self.init_peak_wavenumber)
         out["spinup_steps"] = self.spinup_steps
+        if self.cuda_graphs:
+            out["cuda_graphs"] = True
         return out
 
     # ----------------------------------------------------------------------------------------------
@@ -292,11 +299,40 @@ class Kolmogorov:
     # ----------------------------------------------------------------------------------------------
     # System interface
 
+    def _advance(
+        self, theta: Tensor, mean: Tensor | None, band: _Band, lam_uv: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """One outer step Δt: ``steps_per_dt`` inner steps of Lawson RK4 on (θ (N, R, C), U (N, 2, 1, 1)).
+
+        Pure and free of host synchronisation (``masf.cuda_graphs`` can replay it); ``mean`` None means
+        U = 0 and skips its additions.
+        """
+        inner = self.steps_per_dt
+        h = self.dt / inner
+        lin = self._linear(band).to(lam_uv.dtype)
+        e1, e2 = torch.exp(lin * h), torch.exp(lin * (h / 2))  # exact factors e^{Lh}, e^{Lh/2}
+        m1, m2 = math.exp(-self.drag * h), math.exp(-self.drag * h / 2)
+        for _ in range(inner):
+            # Lawson (integrating-factor) form of the classical RK4 for θ' = Lθ + N(θ) (docs/kolmogorov.md):
+            #   a = N(θ),  b = N(E½ (θ + h/2 a)),  c = N(E½ θ + h/2 b),  d = N(E θ + h E½ c),
+            #   θ ← E (θ + h/6 a) + h/3 E½ (b + c) + h/6 d,            E = e^{Lh}, E½ = e^{Lh/2}.
+            u0, u2, u1 = (mean, mean * m2, mean * m1) if mean is not None else (None, None, None)
+            a = self._advection(theta, u0, band, lam_uv)
+            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, band, lam_uv)
+            c = self._advection(torch.add(e2 * theta, b, alpha=h / 2), u2, band, lam_uv)
+            d = self._advection(torch.addcmul(e1 * theta, e2, c, value=h), u1, band, lam_uv)
+            theta = torch.addcmul(e1 * torch.add(theta, a, alpha=h / 6), e2, b + c, value=h / 3)
+            theta = theta.add_(d, alpha=h / 6)
+            mean = u1
+        return theta, mean
+
     def step(self, x: Tensor, n: int = 1, *, generator: torch.Generator | None = None) -> Tensor:
         """Advance ``x: (N, 2, n, n)`` by ``n`` outer steps of Δt = ``dt``.
 
         Deterministic (``generator`` is unused), float32 or float64 on x's device, differentiable with
         autograd when x requires grad. The output is divergence-free and band-limited (module docstring).
+        With ``cuda_graphs`` and a CUDA ``x`` that needs no gradient, the outer steps are replays of one
+        captured CUDA graph (``masf.cuda_graphs``; the same arithmetic, U carried even when zero).
         """
         check_state(x, self.state_shape, self.name)
         if x.dtype not in _COMPLEX:
@@ -307,27 +343,17 @@ class Kolmogorov:
         band = _band(self.n, x.device, x.dtype)
         w_lam = self._laminar_hat(band)
         lam_uv = w_lam * band.to_uv
-        inner = self.steps_per_dt
-        h = self.dt / inner
-        lin = self._linear(band).to(w_lam.dtype)
-        e1, e2 = torch.exp(lin * h), torch.exp(lin * (h / 2))  # exact factors e^{Lh}, e^{Lh/2}
-        m1, m2 = math.exp(-self.drag * h), math.exp(-self.drag * h / 2)
         wh, mean = self._to_spectral(x, band)
-        has_mean = bool((mean != 0).any())
         theta = wh - w_lam
-        for _ in range(outer * inner):
-            # Lawson (integrating-factor) form of the classical RK4 for θ' = Lθ + N(θ) (docs/kolmogorov.md):
-            #   a = N(θ),  b = N(E½ (θ + h/2 a)),  c = N(E½ θ + h/2 b),  d = N(E θ + h E½ c),
-            #   θ ← E (θ + h/6 a) + h/3 E½ (b + c) + h/6 d,            E = e^{Lh}, E½ = e^{Lh/2}.
-            u0, u2, u1 = (mean, mean * m2, mean * m1) if has_mean else (None, None, None)
-            a = self._advection(theta, u0, band, lam_uv)
-            b = self._advection(e2 * torch.add(theta, a, alpha=h / 2), u2, band, lam_uv)
-            c = self._advection(torch.add(e2 * theta, b, alpha=h / 2), u2, band, lam_uv)
-            d = self._advection(torch.addcmul(e1 * theta, e2, c, value=h), u1, band, lam_uv)
-            theta = torch.addcmul(e1 * torch.add(theta, a, alpha=h / 6), e2, b + c, value=h / 3)
-            theta = theta.add_(d, alpha=h / 6)
-            mean = mean * m1
-        return self._to_velocity(theta + w_lam, mean, band)
+        if self.cuda_graphs and x.is_cuda and not x.requires_grad:
+            theta, mean = cuda_graphs.iterate(
+                lambda th, u: self._advance(th, u, band, lam_uv), (theta, mean), outer, key=self
+            )
+            return self._to_velocity(theta + w_lam, mean, band)
+        carried: Tensor | None = mean if bool((mean != 0).any()) else None
+        for _ in range(outer):
+            theta, carried = self._advance(theta, carried, band, lam_uv)
+        return self._to_velocity(theta + w_lam, mean if carried is None else carried, band)
 
     def sample_initial(
         self,
