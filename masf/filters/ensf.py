@@ -21,7 +21,7 @@ Reverse SDE, Euler–Maruyama on t_k = 1 − k/nfe (k = 0..nfe−1), Δ = 1/nfe:
 
 from x ~ N(0, I) standardized over the samples entry by entry (mean 0, std 1, as the authors do); the
 analysis is x at t = 0. Members are first inflated about their mean by ρ (``inflation``). Cost per step:
-O(N² D) for ``mixture`` (distances in row chunks), O(N D) for ``paired``; no network, no training.
+O(N² D) for ``mixture`` (one float64 matrix product), O(N D) for ``paired``; no network, no training.
 """
 
 from __future__ import annotations
@@ -54,26 +54,26 @@ from masf.filters.score_common import (
 from masf.systems.base import randn
 
 PRIOR_SCORES = ("mixture", "paired")
-# Upper bound on the elements of one chunk of pairwise differences (rows · N · D) in the mixture score.
-_CHUNK_ELEMENTS = 1 << 24
 
 
 def mixture_weights(x: Tensor, centres: Tensor, var: Tensor) -> Tensor:
     """w (N, M): softmax over j of −Σ_d (x_i − c_j)_d² / (2 var_d), for x (N, *S), centres (M, *S), var (*S).
 
-    Differences are formed directly (no ‖x‖² + ‖c‖² − 2x·c expansion, which cancels catastrophically in
-    float32 at large D), in chunks of rows of x to bound memory.
+    A matrix product, not an (N, M, D) array of differences: about the centres' mean r, with
+    W = diag(1/var), −½‖x_i − c_j‖²_W = −½‖x_i − r‖²_W + (x_i − r)ᵀW(c_j − r) − ½‖c_j − r‖²_W, and the
+    first term is the same for every j, so the softmax needs only ℓ_ij = (x_i − r)ᵀW(c_j − r) − ½‖c_j − r‖²_W.
+    Computed in float64 (centring and products), so the expansion does not cancel at large D or far from
+    the origin; O(N M D) flops and O((N + M) D) memory. Returned in x's dtype.
     """
     n, m = x.shape[0], centres.shape[0]
-    flat_c = centres.reshape(m, -1)
-    inv_var = (1.0 / var).reshape(-1)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, m * flat_c.shape[1]))
-    logits = torch.empty(n, m, dtype=x.dtype, device=x.device)
-    flat_x = x.reshape(n, -1)
-    for start in range(0, n, rows):
-        diff = flat_x[start : start + rows, None, :] - flat_c[None, :, :]
-        logits[start : start + rows] = -0.5 * (diff.square() * inv_var).sum(dim=-1)
-    return torch.softmax(logits, dim=1)
+    wide = torch.float64
+    ref = centres.to(wide).mean(dim=0, keepdim=True)
+    a = (x.to(wide) - ref).reshape(n, -1)
+    b = (centres.to(wide) - ref).reshape(m, -1)
+    inv_var = (1.0 / var.to(wide)).reshape(-1)
+    bw = b * inv_var
+    logits = a @ bw.T - 0.5 * (bw * b).sum(dim=1)
+    return torch.softmax(logits, dim=1).to(x.dtype)
 
 
 def prior_score(x: Tensor, members: Tensor, alpha: float, var_t: Tensor, kind: str) -> Tensor:
