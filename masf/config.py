@@ -604,17 +604,32 @@ NETWORK_RANKS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _check_memory(cfg: dict[str, Any], exp: dict[str, Any], where: str) -> None:
-    """Refuse what cannot fit a job's ``mem_mb`` by a lower bound (never a false refusal): an
-    assimilate job holds at least two ensembles (forecast and analysis), a dataset job its snapshots."""
-    entries = math.prod(state_shape(exp["system"]))
-    state_bytes = entries * (4 if cfg["dtype"] == "float32" else 8)
-    needs = {  # stage: (key, its value, states held, what they are)
+def _memory_needs(cfg: dict[str, Any], exp: dict[str, Any]) -> dict[str, tuple[str, int, int, str]]:
+    """stage: (key, its value, states held, what they are): what a job of the stage holds at least."""
+    return {
         "assimilate": ("ensemble_size", exp["ensemble_size"], 2 * exp["ensemble_size"], "two ensembles of"),
         "dataset": ("dataset.samples", exp["dataset"]["samples"], exp["dataset"]["samples"], "snapshots of"),
+        "pretrain": ("dataset.samples", exp["dataset"]["samples"], exp["dataset"]["samples"], "snapshots of"),
     }
-    for stage, (key, value, states, what) in needs.items():
-        mb, mem_mb = states * state_bytes / 2**20, cfg["resources"][stage]["mem_mb"]
+
+
+def memory_bounds_mb(cfg: dict[str, Any], exp: dict[str, Any]) -> dict[str, float]:
+    """Lower bounds (MB) on the memory of an experiment's assimilate, dataset and pretrain jobs.
+
+    An assimilate job holds at least two ensembles (forecast and analysis), a dataset or pretrain job
+    its snapshots: states × prod(state_shape) × bytes per entry. A bound, never an estimate from above:
+    ``benchmarks/highdim/`` measures how far the peak of real jobs lies above it.
+    """
+    state_bytes = math.prod(state_shape(exp["system"])) * (4 if cfg["dtype"] == "float32" else 8)
+    return {stage: need[2] * state_bytes / 2**20 for stage, need in _memory_needs(cfg, exp).items()}
+
+
+def _check_memory(cfg: dict[str, Any], exp: dict[str, Any], where: str) -> None:
+    """Refuse what cannot fit a job's ``mem_mb`` by a lower bound (never a false refusal)."""
+    entries = math.prod(state_shape(exp["system"]))
+    bounds = memory_bounds_mb(cfg, exp)
+    for stage, (key, value, _, what) in _memory_needs(cfg, exp).items():
+        mb, mem_mb = bounds[stage], cfg["resources"][stage]["mem_mb"]
         if mb > mem_mb:
             raise ConfigError(
                 f"{where}.{key}: {value} needs at least {mb:,.0f} MB ({what} {entries:,} {cfg['dtype']} "

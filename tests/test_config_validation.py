@@ -63,6 +63,12 @@ def _misspell_filter(cfg: dict) -> None:
     cfg["methods"]["enkf"]["filtr"] = cfg["methods"]["enkf"].pop("filter")
 
 
+def _snapshots_beyond_the_pretrain_memory(cfg: dict) -> None:
+    # 200 snapshots of 2 x 32 x 32 float32 = 1.6 MB: they fit the dataset job, not a 1 MB pretrain job
+    cfg["experiments"]["kolmogorov"]["dataset"]["samples"] = 200
+    cfg["resources"]["pretrain"]["mem_mb"] = 1
+
+
 def _ensf_on_the_grid_mask(cfg: dict) -> None:
     # nfe 20 is fine on l96 (noise_std 1.0) and diverges on the grid mask's noise_std 0.1
     cfg["experiments"]["kolmogorov"]["methods"].append("ensf")
@@ -204,6 +210,12 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         "dataset-beyond-the-job-memory",
         _set("experiments.kolmogorov.dataset.samples", 200_000),
         "experiments.kolmogorov.dataset.samples: 200000 needs at least 1,562 MB",
+    ),
+    (
+        "snapshots-beyond-the-pretrain-memory",
+        _snapshots_beyond_the_pretrain_memory,
+        "experiments.kolmogorov.dataset.samples: 200 needs at least 2 MB (snapshots of 2,048 float32 entries), "
+        "more than resources.pretrain.mem_mb = 1",
     ),
     (
         "required-key-misspelt",
@@ -402,7 +414,19 @@ def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
     assert "not valid YAML" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["test.yaml", "sweep.yaml", "paper.yaml"])
+def test_memory_bounds_count_states() -> None:
+    """Known answer: 2N states per assimilate job, the snapshots per dataset and pretrain job."""
+    cfg = mc.load_validated(REPO / "config" / "paper.yaml")
+    bounds = mc.memory_bounds_mb(cfg, cfg["experiments"]["kolmogorov512"])
+    state_mb = 2 * 512 * 512 * 4 / 2**20  # 2 MiB per float32 velocity field
+    assert bounds == pytest.approx(
+        {"assimilate": 80 * state_mb, "dataset": 1000 * state_mb, "pretrain": 1000 * state_mb}
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["test.yaml", "sweep.yaml", "paper.yaml", "../benchmarks/highdim/smoke.yaml"]
+)
 def test_shipped_configs_are_valid(name):
     cfg = mc.load_validated(REPO / "config" / name)
     assert mc.runs(cfg)
