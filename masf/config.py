@@ -604,7 +604,7 @@ NETWORK_RANKS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _memory_needs(cfg: dict[str, Any], exp: dict[str, Any]) -> dict[str, tuple[str, int, int, str]]:
+def _memory_needs(exp: dict[str, Any]) -> dict[str, tuple[str, int, int, str]]:
     """stage: (key, its value, states held, what they are): what a job of the stage holds at least."""
     return {
         "assimilate": ("ensemble_size", exp["ensemble_size"], 2 * exp["ensemble_size"], "two ensembles of"),
@@ -621,14 +621,14 @@ def memory_bounds_mb(cfg: dict[str, Any], exp: dict[str, Any]) -> dict[str, floa
     ``benchmarks/highdim/`` measures how far the peak of real jobs lies above it.
     """
     state_bytes = math.prod(state_shape(exp["system"])) * (4 if cfg["dtype"] == "float32" else 8)
-    return {stage: need[2] * state_bytes / 2**20 for stage, need in _memory_needs(cfg, exp).items()}
+    return {stage: need[2] * state_bytes / 2**20 for stage, need in _memory_needs(exp).items()}
 
 
 def _check_memory(cfg: dict[str, Any], exp: dict[str, Any], where: str) -> None:
     """Refuse what cannot fit a job's ``mem_mb`` by a lower bound (never a false refusal)."""
     entries = math.prod(state_shape(exp["system"]))
     bounds = memory_bounds_mb(cfg, exp)
-    for stage, (key, value, _, what) in _memory_needs(cfg, exp).items():
+    for stage, (key, value, _, what) in _memory_needs(exp).items():
         mb, mem_mb = bounds[stage], cfg["resources"][stage]["mem_mb"]
         if mb > mem_mb:
             raise ConfigError(
