@@ -173,6 +173,12 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
         "scratch": "bool",
         "scratch_epochs": "int+",
         "score_model": ("network", "gaussian"),
+        "gaussian_residual": "bool",
+        "hybrid": "bool",
+        "radius": "num+",
+        "inflation": "num1",
+        "members": ("updated", "redrawn"),
+        "draws": "int+?",
         **_NETWORK,
     },
     "sf": {"nfe": "int+", "sigma_max": "num+", "tol": "num+", "constant_step": "bool", **_NETWORK},
@@ -210,7 +216,7 @@ FILTER_PARAMS: dict[str, dict[str, Kind]] = {
 _FINETUNE = frozenset(k for k in _NETWORK if k.startswith("finetune_"))
 SAMPLING_ONLY: dict[str, frozenset[str]] = {
     "masf": frozenset({"nfe", "x0_uncertainty", "score_weights", "guidance_weights", "eval_time"})
-    | {"scratch_epochs"}
+    | {"scratch_epochs", "hybrid", "radius", "inflation", "members", "draws"}
     | _FINETUNE,
     "sf": frozenset({"nfe", "tol", "constant_step"}) | _FINETUNE,
     "ssls": frozenset({"nfe", "step", "decay", "tol"}) | _FINETUNE,
@@ -220,6 +226,11 @@ SAMPLING_ONLY: dict[str, frozenset[str]] = {
 OPERATOR_FREE_TRAINING = frozenset({"sf", "ssls"})
 # MASF samplers that need a linear (mask) operator.
 LINEAR_ONLY_SAMPLERS = frozenset({"reference", "bridge"})
+# MASF's hybrid-prior keys, and the settings the hybrid needs (masf.filters.masf, docs/hybrid.md).
+HYBRID_ONLY = ("radius", "inflation", "members", "draws")
+HYBRID_NEEDS = {"sampler": "bridge", "score_model": "network", "scratch": False, "finetune_epochs": 0}
+# Largest state (entries) of the dense D×D algebra of the hybrid prior and the Gaussian residual.
+DENSE_MAX_DIM = 2048
 
 
 class ConfigError(ValueError):
@@ -429,6 +440,8 @@ def check_config(cfg: dict[str, Any]) -> None:
         flt = method["filter"]
         params = {k: v for k, v in method.items() if k != "filter"}
         _check_params(params, FILTER_PARAMS[flt], f"methods.{name}", f"filter {flt!r}")
+        if flt == "masf":
+            _check_hybrid(method, f"methods.{name}")
     names = method_names(cfg)
     metric = cfg["tuning"]["metric"]
     for ename, exp in cfg["experiments"].items():
@@ -514,6 +527,38 @@ def _check_method_fits(
         )
     if method["filter"] == "ensf" and kind in LINEAR_OPERATORS:
         _check_ensf_steps(method, mname, op["noise_std"], owhere)
+    dense = [
+        k for k in ("hybrid", "gaussian_residual") if method["filter"] == "masf" and method.get(k, False)
+    ]
+    if dense and (dim := math.prod(state_shape(exp["system"]))) > DENSE_MAX_DIM:
+        raise ConfigError(
+            f"{mwhere}: method {mname!r} sets {dense[0]}: true, whose dense D×D algebra supports states of at "
+            f"most {DENSE_MAX_DIM} entries, but experiment {ename!r} has {dim}; allowed: hybrid and "
+            "gaussian_residual false there"
+        )
+
+
+def _check_hybrid(method: dict[str, Any], where: str) -> None:
+    """MASF's hybrid keys only with ``hybrid: true``, which needs the bridge, no fine-tuning, a network."""
+    if not method.get("hybrid", False):
+        given = [k for k in HYBRID_ONLY if k in method]
+        if given:
+            raise ConfigError(
+                f"{where}.{given[0]}: applies to the hybrid prior only; set {where}.hybrid: true or remove it"
+            )
+        return
+    defaults = {"sampler": "bridge", "score_model": "network", "scratch": False, "finetune_epochs": 120}
+    for key, want in HYBRID_NEEDS.items():
+        got = method.get(key, defaults[key])
+        if got != want or isinstance(got, bool) != isinstance(want, bool):
+            raise ConfigError(
+                f"{where}.{key}: {got!r} does not fit hybrid: true (the forecast enters through the hybrid "
+                f"prior); allowed: {want!r}"
+            )
+    if "draws" in method and method.get("members", "updated") != "updated":
+        raise ConfigError(
+            f"{where}.draws: applies to members: updated only; remove it or set members: updated"
+        )
 
 
 def _check_tuning_seeds(cfg: dict[str, Any], ename: str, metric: str) -> None:

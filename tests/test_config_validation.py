@@ -74,6 +74,16 @@ def _ensf_on_the_grid_mask(cfg: dict) -> None:
     cfg["experiments"]["kolmogorov"]["methods"].append("ensf")
 
 
+def _hybrid_with_fine_tuning(cfg: dict) -> None:
+    cfg["methods"]["masf_hybrid"] = {"filter": "masf", "hybrid": True}  # finetune_epochs defaults to 120
+
+
+def _hybrid_beyond_the_dense_limit(cfg: dict) -> None:
+    cfg["methods"]["masf_hybrid"] = {"filter": "masf", "hybrid": True, "finetune_epochs": 0}
+    cfg["experiments"]["kolmogorov"]["system"]["n"] = 64  # 2 x 64 x 64 = 8192 entries
+    cfg["experiments"]["kolmogorov"]["methods"].append("masf_hybrid")
+
+
 # (id, mutation, text the one-line error must contain)
 BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("unknown-top-key", _set("bogus", 1), "(top level): unknown key 'bogus'"),
@@ -287,6 +297,23 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
             },
         ),
         "methods.letkf_tuned: the lists make 1,200 variants (30 inflation x 40 radius); allowed: at most 1,000",
+    ),
+    (
+        "hybrid-with-fine-tuning",
+        _hybrid_with_fine_tuning,
+        "methods.masf_hybrid.finetune_epochs: 120 does not fit hybrid: true (the forecast enters through the "
+        "hybrid prior); allowed: 0",
+    ),
+    (
+        "hybrid-key-without-hybrid",
+        _set("methods.masf_bridge.radius", 3.0),
+        "methods.masf_bridge.radius: applies to the hybrid prior only; set methods.masf_bridge.hybrid: true",
+    ),
+    (
+        "hybrid-beyond-the-dense-limit",
+        _hybrid_beyond_the_dense_limit,
+        "method 'masf_hybrid' sets hybrid: true, whose dense D×D algebra supports states of at most 2048 "
+        "entries, but experiment 'kolmogorov' has 8192",
     ),
     ("tuning-metric-unknown", _set("tuning", {"metric": "rmse"}), "tuning.metric: 'rmse' is not allowed"),
     (

@@ -140,3 +140,23 @@ def local_domains(
     obs = torch.where(hit, candidates.gather(1, order), 0)
     weights = torch.where(hit, cand_weight.gather(1, order), 0.0)
     return LocalDomains(members=members, obs=obs, weights=weights)
+
+
+def taper_matrix(state_shape: tuple[int, ...], radius: float, taper: str = "gaspari_cohn") -> Tensor:
+    """The (D, D) float64 taper L_ij = ρ(d_ij) between the entries of a state shaped ``state_shape``
+    (d_ij: periodic Euclidean distance of their grid positions, channels sharing a position; ρ as in
+    :func:`taper_weights`). Used to localize an ensemble covariance, B = L ∘ P_f (the Schur product).
+
+    Dense: D² entries, meant for states of up to a few thousand entries (``masf.filters.hybrid``).
+    """
+    channels, grid = grid_geometry(state_shape)
+    n_pos = math.prod(grid)
+    strides = [math.prod(grid[a + 1 :]) for a in range(len(grid))]
+    flat_pos = torch.arange(n_pos)
+    coords = torch.stack([(flat_pos // st) % g for st, g in zip(strides, grid, strict=True)], dim=1)
+    diff = (coords.unsqueeze(1) - coords.unsqueeze(0)).abs()  # (P, P, k)
+    sizes = torch.tensor(grid)
+    diff = torch.minimum(diff, sizes - diff)  # the minimum image on each periodic axis
+    distance = diff.to(torch.float64).square().sum(dim=-1).sqrt()
+    weights = taper_weights(distance, float(radius), taper)
+    return weights.repeat(channels, channels)

@@ -30,6 +30,16 @@ from torch import Tensor
 from masf.diffusion import GaussianDenoiser, MeasurementAwareProcess, sample
 from masf.diffusion.samplers import SAMPLERS
 from masf.filters.base import Context
+from masf.filters.enkf import check_inflation
+from masf.filters.hybrid import (
+    ResidualDenoiser,
+    check_dim,
+    climatology_gaussian,
+    gaussian_fit,
+    hybrid_sample,
+)
+from masf.filters.letkf import LETKF
+from masf.filters.localization import taper_matrix
 from masf.filters.score_common import (
     STATE_KEY,
     ScoreModel,
@@ -37,6 +47,7 @@ from masf.filters.score_common import (
     check_int,
     check_number,
     check_training_fields,
+    climatology_bank,
     make_normalizer,
     network_kind,
     network_sizes,
@@ -53,6 +64,8 @@ from masf.train.online import bank_draws
 EVAL_TIMES = ("current", "next")
 SCORE_MODELS = ("network", "gaussian")
 X0_UNCERTAINTIES = ("pathwise", "none")
+MEMBER_UPDATES = ("updated", "redrawn")
+_HYBRID_KEY = "masf_hybrid"
 
 
 def _weights(value: Any, parameter: str) -> tuple[float, float, float] | None:
@@ -96,6 +109,19 @@ class MASF:
             ``fixed``/``adaptive``).
         compile: compile the pretrained network for sampling and fine-tuning (``torch.compile``; CUDA
             graphs on a GPU; ``score_common.compile_network``). Same numbers up to float rounding.
+        hybrid: sample under the hybrid prior, the pretrained climatology times the localized forecast
+            Gaussian N(x̄_f, L∘P_f), deconvolved (``masf.filters.hybrid``, docs/hybrid.md). Bridge sampler,
+            no fine-tuning, states of at most 2048 entries.
+        radius, inflation: hybrid only: the Gaspari–Cohn half-width c (grid cells, as LETKF's) of L and
+            the multiplicative inflation ρ >= 1 of the forecast anomalies.
+        draws: hybrid with ``members: updated`` only: the number of bridge draws averaged for the analysis
+            mean (``None``: one per member); the Monte-Carlo error of the mean falls as 1/√draws.
+        gaussian_residual: the network predicts the residual of the exact x0-predictor of the climatology
+            Gaussian (``hybrid.ResidualDenoiser``; mask operators, states of at most 2048 entries; the
+            Gaussian is fitted at pretraining and stored in the checkpoint).
+        members: hybrid only: ``updated`` (the analysis mean of the draws with the LETKF's analysis
+            anomalies of the same radius and inflation: members keep their forecast alignment) or
+            ``redrawn`` (the posterior draws themselves).
     """
 
     name: ClassVar[str] = "masf"
@@ -129,6 +155,12 @@ class MASF:
     normalize: bool = True
     norm_form: str = "affine"
     norm_update: str = "fixed"
+    hybrid: bool = False
+    radius: float = 5.0
+    inflation: float = 1.0
+    members: str = "updated"
+    draws: int | None = None
+    gaussian_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -167,6 +199,49 @@ class MASF:
                 f"masf: the nonlinear sampler needs a dual-head network (network: auto or dual_unet2d), "
                 f"got {self.network!r}"
             )
+        self._check_hybrid()
+        if not isinstance(self.gaussian_residual, bool):
+            raise ValueError(f"masf: gaussian_residual must be True or False, got {self.gaussian_residual!r}")
+        if self.gaussian_residual and (self.sampler == "nonlinear" or self.score_model != "network"):
+            raise ValueError(
+                "masf: gaussian_residual needs a mask operator's sampler (bridge or reference) and "
+                "score_model: network"
+            )
+
+    def _check_hybrid(self) -> None:
+        if not isinstance(self.hybrid, bool):
+            raise ValueError(f"masf: hybrid must be True or False, got {self.hybrid!r}")
+        object.__setattr__(self, "radius", check_number(self.radius, "radius", "masf", low=0.0))
+        object.__setattr__(self, "inflation", check_inflation(self.inflation, "masf"))
+        if self.members not in MEMBER_UPDATES:
+            raise ValueError(
+                f"masf: members must be one of {', '.join(MEMBER_UPDATES)}, got {self.members!r}"
+            )
+        if self.draws is not None:
+            check_int(self.draws, "draws", "masf", 1)
+        if not self.hybrid:
+            if (self.radius, self.inflation, self.members, self.draws) != (5.0, 1.0, "updated", None):
+                raise ValueError(
+                    "masf: radius, inflation, members and draws apply to the hybrid prior only; set "
+                    "hybrid: true or remove them"
+                )
+            return
+        if self.draws is not None and self.members != "updated":
+            raise ValueError(
+                "masf: draws applies to members: updated only (redrawn keeps one draw per member)"
+            )
+        needs = {
+            "sampler": (self.sampler, "bridge"),
+            "score_model": (self.score_model, "network"),
+            "scratch": (self.scratch, False),
+            "finetune_epochs": (self.finetune_epochs, 0),
+        }
+        for key, (got, want) in needs.items():
+            if got != want:
+                raise ValueError(
+                    f"masf: hybrid needs {key}: {want} (the forecast enters through the hybrid prior), "
+                    f"got {got!r}"
+                )
 
     # ------------------------------------------------------------------------------ interface helpers
     @property
@@ -200,26 +275,26 @@ class MASF:
     def _sizes(self, kind: str) -> dict[str, Any]:
         return network_sizes(kind, self.width, self.depth, self.levels, time_conditioned=True)
 
+    def _process_record(self) -> dict[str, Any]:
+        """The forward-process keys a checkpoint records (``gaussian_residual`` only when set)."""
+        record = {"T": self.T, "tau": self.tau, "dual": self.dual_head}
+        return {**record, "gaussian_residual": True} if self.gaussian_residual else record
+
     def _expect(self, operator: Any) -> dict[str, Any]:
-        return {
-            "method": "masf",
-            "operator": operator.params(),
-            "T": self.T,
-            "tau": self.tau,
-            "dual": self.dual_head,
-        }
+        return {"method": "masf", "operator": operator.params(), **self._process_record()}
 
     def process(self, operator: Any, normalizer: Any) -> MeasurementAwareProcess:
         """The measurement-aware forward process of ``operator`` in ``normalizer``'s space."""
         return MeasurementAwareProcess(operator, normalizer, T=self.T, tau=self.tau)
 
-    def loss(self, process: MeasurementAwareProcess):
-        """The training loss ``loss(net, x0 (B,*S) normalized, generator) -> scalar``."""
+    def loss(self, process: MeasurementAwareProcess, gaussian: dict[str, Tensor] | None = None):
+        """The training loss ``loss(net, x0 (B,*S) normalized, generator) -> scalar``; with ``gaussian``
+        (``hybrid.gaussian_fit``) the network is the residual of a :class:`ResidualDenoiser`."""
 
         def x0_loss(net: torch.nn.Module, x0: Tensor, generator: torch.Generator) -> Tensor:
             t = uniform(x0.shape[0], process.tau, process.T, generator, x0)
             x_t = process.forward(x0, t, generator=generator)
-            out = net(x_t, t)
+            out = self.denoiser(net, process, gaussian)(x_t, t)
             if not self.dual_head:
                 return (out - x0).square().mean()
             x0_hat, h_hat = out
@@ -228,6 +303,20 @@ class MASF:
             return (x0_hat - x0).square().mean() + (h_hat - h_target).square().mean()
 
         return x0_loss
+
+    def denoiser(self, net: Any, process: MeasurementAwareProcess, gaussian: dict[str, Tensor] | None):
+        """The x0-predictor of ``net``: itself, or with ``gaussian`` the :class:`ResidualDenoiser` around it."""
+        if not self.gaussian_residual:
+            if gaussian is not None:
+                raise ValueError(
+                    "masf: the checkpoint holds a Gaussian-residual network; set gaussian_residual: true"
+                )
+            return net
+        if gaussian is None:
+            raise ValueError(
+                "masf: gaussian_residual needs the checkpoint's climatology Gaussian (pretrain again)"
+            )
+        return ResidualDenoiser(net, gaussian["mean"], gaussian["cov"], process)
 
     # ------------------------------------------------------------------------------------ pretraining
     def pretrain(
@@ -245,12 +334,18 @@ class MASF:
         self.check_operator(operator)
         normalizer = make_normalizer(self.normalize, self.norm_form, self.norm_update)
         normalizer.fit(data.to(device))
+        gaussian = None
+        if self.gaussian_residual:
+            check_dim(data[0].numel(), "masf")
+            gaussian = gaussian_fit(normalizer.norm_x(data.to(device)))
+        process = self.process(operator, normalizer).to(torch.device(device))
         pretrain_filter(
             self,
             data,
             operator,
-            self.loss(self.process(operator, normalizer)),
-            process={"T": self.T, "tau": self.tau, "dual": self.dual_head},
+            self.loss(process, gaussian),
+            process=self._process_record(),
+            extra=None if gaussian is None else {"gaussian": gaussian},
             checkpoint=checkpoint,
             generator=generator,
             device=device,
@@ -347,15 +442,74 @@ class MASF:
                 prior,
                 ctx,
                 self._expect(operator),
-                lambda m: self.loss(self.process(operator, m.normalizer)),
+                lambda m: self.loss(self.process(operator, m.normalizer), m.extra.get("gaussian")),
             )
         norm = model.normalizer
         process = self.process(operator, norm)
         prior_n = norm.norm_x(prior)
+        net = self.denoiser(model.net, process, model.extra.get("gaussian"))
+        if self.hybrid:
+            return self._analyse_hybrid(net, model, process, prior, prior_n, z, operator, ctx)
         draws = None
         if self._pathwise():
             # scratch networks are fitted to the members themselves
             draws = bank_draws(prior_n) if self.scratch else prior_draws(model, prior, ctx, "masf")
-        return timed(
-            lambda: self._draw(model.net, process, norm, z, prior_n, ctx, draws), ctx, "sampling", prior
-        )
+        return timed(lambda: self._draw(net, process, norm, z, prior_n, ctx, draws), ctx, "sampling", prior)
+
+    # -------------------------------------------------------------------------------- hybrid prior
+    def _hybrid_terms(self, model: ScoreModel, prior: Tensor, ctx: Context):
+        """The climatology Gaussian and the taper matrix, computed once per run (docs/hybrid.md)."""
+        cached = ctx.state.get(_HYBRID_KEY)
+        if cached is None:
+            shape = tuple(prior.shape[1:])
+            check_dim(prior[0].numel(), "masf")
+            bank = climatology_bank(ctx, model.normalizer, prior)
+            if bank is None:
+                raise ValueError(
+                    "masf: hybrid needs climatology states to fit its climatology Gaussian "
+                    "(run(..., climatology=...), `masf assimilate --climatology`)"
+                )
+            taper = taper_matrix(shape, self.radius).to(prior.device)
+            cached = (climatology_gaussian(bank), taper)
+            ctx.state[_HYBRID_KEY] = cached
+        return cached
+
+    def _analyse_hybrid(
+        self,
+        net: Any,
+        model: ScoreModel,
+        process,
+        prior: Tensor,
+        prior_n: Tensor,
+        z: Tensor,
+        operator: Any,
+        ctx: Context,
+    ) -> Tensor:
+        clim, taper = self._hybrid_terms(model, prior, ctx)
+        norm = model.normalizer
+
+        start = prior_n
+        if self.members == "updated" and self.draws is not None:
+            start = prior_n.repeat(-(-self.draws // len(prior_n)), *([1] * (prior_n.ndim - 1)))[: self.draws]
+
+        def draw() -> Tensor:
+            post_n = hybrid_sample(
+                net,
+                process,
+                norm.norm_z(z),
+                prior_n,
+                clim,
+                taper,
+                inflation=self.inflation,
+                nfe=self.nfe,
+                generator=ctx.generator,
+                pathwise=self.x0_uncertainty == "pathwise",
+                start=start,
+            )
+            return norm.denorm_x(post_n.to(prior.dtype))
+
+        post = timed(draw, ctx, "sampling", prior)
+        if self.members == "redrawn":
+            return post
+        letkf = LETKF(radius=self.radius, inflation=self.inflation).analyse(prior, z, operator, ctx)
+        return letkf - letkf.mean(0) + post.mean(0)

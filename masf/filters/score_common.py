@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -190,6 +190,7 @@ class ScoreModel:
     normalizer: Normalizer
     trainer: OnlineTrainer | None = None
     tuned: bool = False  # fine-tuned in the current cycle: its prior is the trainer's mixture
+    extra: dict[str, Any] = field(default_factory=dict)  # the checkpoint's extra tensors (not "train")
 
 
 def make_normalizer(normalize: bool, form: str, update: str) -> Normalizer:
@@ -237,6 +238,7 @@ def pretrain_network(
     device: str | torch.device,
     progress: bool,
     stop: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Fit ``normalizer`` on ``data`` (M, *S) (physical, cast to float32), train a ``kind`` network on the normalized data with
     ``loss_fn`` (``masf.train.pretrain``) and write ``checkpoint``.
@@ -271,6 +273,7 @@ def pretrain_network(
         checkpoint_path=checkpoint,
         checkpoint_interval_s=PRETRAIN_CHECKPOINT_INTERVAL_S,
         config=config,
+        extra=extra,
         progress=progress,
         stop=stop,
         **PRETRAIN_RECIPE,
@@ -307,7 +310,8 @@ def loaded_model(
         net = ckpt.net.to(dtype=like.dtype).eval()
         if compile:
             compile_network(net, like.device)
-        model = ScoreModel(net=net, normalizer=normalizer_from_json(ckpt.config["normalizer"]))
+        extra = {k: v for k, v in ckpt.extra.items() if k != "train"}
+        model = ScoreModel(net=net, normalizer=normalizer_from_json(ckpt.config["normalizer"]), extra=extra)
         ctx.state[STATE_KEY] = model
     return model
 
@@ -426,6 +430,7 @@ def pretrain_filter(
     time_conditioned: bool = True,
     normalizer: Normalizer | None = None,
     operator_free: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Pretrain the network of the score-based filter ``f`` (its network, normalization and
     ``pretrain_*`` fields) on ``data`` with ``loss_fn``; see :func:`pretrain_network`.
@@ -452,6 +457,7 @@ def pretrain_filter(
         device=device,
         progress=progress,
         stop=stop,
+        extra=extra,
     )
 
 

@@ -142,6 +142,7 @@ def fit(
     checkpoint_every: int = 1,
     checkpoint_interval_s: float = 0.0,
     config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
     progress: bool = True,
     resume: bool = True,
     stop: StopOnSignal | None = None,
@@ -164,7 +165,8 @@ def fit(
     optimizer, EMA, best weights, losses, split, position, generator state). With ``resume`` and an existing
     file, training continues from it and ends with exactly the weights of an uninterrupted run; the file
     must come from a run with the same network, data size and hyper-parameters (``epochs`` may grow).
-    ``config`` is stored as the checkpoint's run config. ``callback(steps_done, net, ema_state)`` runs
+    ``config`` is stored as the checkpoint's run config and ``extra`` (tensors the model needs besides its
+    weights, e.g. MASF's climatology Gaussian) beside ``extra["train"]``. ``callback(steps_done, net, ema_state)`` runs
     after every optimizer step (benchmarks use it to score the weights on their own validation data).
 
     Raises ValueError on bad arguments, FloatingPointError on a non-finite training loss, and
@@ -256,7 +258,9 @@ def fit(
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
         }
-        write_checkpoint(path, net.config, selected_state(), config or {}, None, {"train": train})
+        write_checkpoint(
+            path, net.config, selected_state(), config or {}, None, {**(extra or {}), "train": train}
+        )
 
     bar = tqdm(total=epochs, initial=min(s["epoch"], epochs), disable=not progress, desc="train", leave=False)
     net.train()
