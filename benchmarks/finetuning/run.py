@@ -104,6 +104,22 @@ def experiment(exp: dict, system, op, seed: int) -> tuple:
     return truth, obs, ens
 
 
+def seed_result(ds, seed: int, burn_in: int) -> dict:
+    """One seed's time-mean analysis RMSE and spread/RMSE after ``burn_in`` cycles, and the run status."""
+    r, sp = ds.rmse.values[burn_in:], ds.spread.values[burn_in:]
+    return {
+        "seed": seed,
+        "rmse": float(r.mean()),
+        "spread_rmse": float(sp.mean() / r.mean()),
+        "status": ds.attrs["status"],
+    }
+
+
+def seed_columns(seeds: list[dict]) -> tuple[str, str]:
+    """The per-seed RMSE and spread/RMSE of a result as two comma-separated table cells."""
+    return ", ".join(f"{s['rmse']:.2f}" for s in seeds), ", ".join(f"{s['spread_rmse']:.2f}" for s in seeds)
+
+
 def table(results: dict) -> str:
     """The results as a markdown table: variant, its keys, median RMSE, RMSE and spread/RMSE per seed."""
     lines = [
@@ -111,8 +127,7 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, v in results["variants"].items():
-        rmse = ", ".join(f"{s['rmse']:.2f}" for s in v["seeds"])
-        ratio = ", ".join(f"{s['spread_rmse']:.2f}" for s in v["seeds"])
+        rmse, ratio = seed_columns(v["seeds"])
         keys = json.dumps(v["params"]) if v["params"] else "(defaults)"
         lines.append(f"| `{name}` | `{keys}` | **{v['median_rmse']:.2f}** | {rmse} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -173,15 +188,7 @@ def main() -> None:
                 pretrained=str(ckpt),
                 climatology=data,
             )
-            r, sp = ds.rmse.values[BURN_IN:], ds.spread.values[BURN_IN:]
-            per_seed.append(
-                {
-                    "seed": s,
-                    "rmse": float(r.mean()),
-                    "spread_rmse": float(sp.mean() / r.mean()),
-                    "status": ds.attrs["status"],
-                }
-            )
+            per_seed.append(seed_result(ds, s, BURN_IN))
         rm = sorted(x["rmse"] for x in per_seed)
         results["variants"][name] = {
             "params": VARIANTS[name],

@@ -14,6 +14,7 @@ analysis RMSE and spread/RMSE after a burn-in of 20 cycles, and whether the trac
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -28,9 +29,18 @@ from masf.rng import generator
 from masf.systems import make_system
 from masf.train import load_checkpoint
 
+# the truths, observations and initial ensembles of the fine-tuning benchmark (same seeds, N = 20)
+_spec = importlib.util.spec_from_file_location(
+    "finetuning_run", Path(__file__).parents[1] / "finetuning" / "run.py"
+)
+_finetuning = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_finetuning)
+seed_columns = _finetuning.seed_columns
+
 SYSTEM = {"name": "lorenz96", "dim": 40, "forcing": 8.0, "dt": 0.05}
 OPERATORS = {"every4": 4, "every2": 2}
-CYCLES, MEMBERS, BURN_IN, SAMPLES, KEPT = 200, 20, 20, 4000, 1.5
+CYCLES, BURN_IN, SAMPLES, KEPT = 200, 20, 4000, 1.5
+MEMBERS = _finetuning.MEMBERS  # 20
 NETWORK = {
     "network": "mlp",
     "width": 256,
@@ -58,19 +68,6 @@ METHODS = {
         "residual",
     ),
 }
-
-
-def experiment(system, op, seed: int) -> tuple:
-    """Truth (cycles, 40), observations and the initial climatology ensemble of one seed."""
-    g = generator(seed, "truth")
-    x = system.sample_climatology(1, generator=g)
-    truth = []
-    for _ in range(CYCLES):
-        x = system.step(x, 1, generator=g)
-        truth.append(x[0])
-    truth = torch.stack(truth)
-    obs = op.observe(truth, generator=generator(seed, "obs_noise"))
-    return truth, obs, system.sample_climatology(MEMBERS, generator=generator(seed, "ensemble"))
 
 
 def pretrained(kind: str, op, data, folder: Path, results: dict) -> str:
@@ -102,8 +99,7 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, m in results["methods"].items():
-        rmse = ", ".join(f"{s['rmse']:.2f}" for s in m["seeds"])
-        ratio = ", ".join(f"{s['spread_rmse']:.2f}" for s in m["seeds"])
+        rmse, ratio = seed_columns(m["seeds"])
         kept = sum(s["rmse"] < KEPT for s in m["seeds"])
         lines.append(
             f"| `{name}` | **{m['median_rmse']:.2f}** | {rmse} | {ratio} | {kept}/{len(m['seeds'])} | "
@@ -139,7 +135,8 @@ def main() -> None:
     folder = Path(args.work) / args.operator
     folder.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {s: experiment(system, op, s) for s in seeds}
+    exp = {"cycles": CYCLES, "steps_per_cycle": 1}
+    runs = {s: _finetuning.experiment(exp, system, op, s) for s in seeds}
     for name in args.methods.split(",") if args.methods else list(METHODS):
         filt, keys, kind = METHODS[name]
         ckpt = pretrained(kind, op, data, folder, results) if kind else None
@@ -160,15 +157,7 @@ def main() -> None:
                 climatology=data,
             )
             seconds += time.perf_counter() - started
-            r, sp = ds.rmse.values[BURN_IN:], ds.spread.values[BURN_IN:]
-            per_seed.append(
-                {
-                    "seed": s,
-                    "rmse": float(r.mean()),
-                    "spread_rmse": float(sp.mean() / r.mean()),
-                    "status": ds.attrs["status"],
-                }
-            )
+            per_seed.append(_finetuning.seed_result(ds, s, BURN_IN))
         results["methods"][name] = {
             "filter": filt,
             "keys": keys,
