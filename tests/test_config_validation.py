@@ -493,12 +493,17 @@ def test_pretraining_jobs_only_for_score_based_methods():
     cfg = mc.load_validated(REPO / "config" / "sweep.yaml")
     jobs = mc.pretrain_jobs(cfg)
     assert jobs and all(mc.is_score_based(cfg, j["method"]) for j in jobs)
-    # an operator runs only the methods it lists, and pretrains only those that need its own network
+    # an operator runs only the methods it lists, and pretrains only those that need its own network;
+    # a tuned method's checkpoint is owned by its first variant (the variants differ in sampling keys)
     for e, exp in cfg["experiments"].items():
         for o, op in exp["operators"].items():
             listed = set(op.get("methods", exp["methods"]))
             assert set(mc.methods_for(cfg, e, o)) == listed
-            assert {j["method"] for j in jobs if (j["experiment"], j["operator"]) == (e, o)} <= listed
+            runs = {v for m in listed for v in mc.variants_of(cfg, m)}
+            assert {j["method"] for j in jobs if (j["experiment"], j["operator"]) == (e, o)} <= runs
+    tuned_owners = [(j["experiment"], j["operator"], j["method"]) for j in jobs if "@" in j["method"]]
+    assert tuned_owners, "the shipped sweep tunes a score-based method"
+    assert len(tuned_owners) == len({(e, o, m.split("@", 1)[0]) for e, o, m in tuned_owners})
 
 
 def test_masf_bridge_and_reference_share_one_checkpoint():
