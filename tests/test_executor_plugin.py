@@ -53,6 +53,12 @@ def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.Com
     )
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, as a user's shell gives it. A test runner's worker may
+    ignore SIGINT, and an ignored disposition survives exec, so Snakemake would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
     """Start Snakemake in ``workdir`` in the background (output to ``workdir/snakemake.out``)."""
     with open(workdir / "snakemake.out", "w") as out:  # the child keeps its own copy of the descriptor
@@ -61,6 +67,7 @@ def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
             cwd=workdir,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=_default_sigint,
         )
 
 
