@@ -229,7 +229,7 @@ LINEAR_ONLY_SAMPLERS = frozenset({"reference", "bridge"})
 # MASF's hybrid-prior keys, and the settings the hybrid needs (masf.filters.masf, docs/hybrid.md).
 HYBRID_ONLY = ("radius", "inflation", "members", "draws")
 HYBRID_NEEDS = {"sampler": "bridge", "score_model": "network", "scratch": False, "finetune_epochs": 0}
-# Largest state (entries) of the dense D×D algebra of the hybrid prior and the Gaussian residual.
+# Largest state (entries) of the Gaussian residual's dense D×D covariance (the hybrid is matrix-free above).
 DENSE_MAX_DIM = 2048
 
 
@@ -527,14 +527,12 @@ def _check_method_fits(
         )
     if method["filter"] == "ensf" and kind in LINEAR_OPERATORS:
         _check_ensf_steps(method, mname, op["noise_std"], owhere)
-    dense = [
-        k for k in ("hybrid", "gaussian_residual") if method["filter"] == "masf" and method.get(k, False)
-    ]
+    dense = method["filter"] == "masf" and method.get("gaussian_residual", False)
     if dense and (dim := math.prod(state_shape(exp["system"]))) > DENSE_MAX_DIM:
         raise ConfigError(
-            f"{mwhere}: method {mname!r} sets {dense[0]}: true, whose dense D×D algebra supports states of at "
-            f"most {DENSE_MAX_DIM} entries, but experiment {ename!r} has {dim}; allowed: hybrid and "
-            "gaussian_residual false there"
+            f"{mwhere}: method {mname!r} sets gaussian_residual: true, whose dense D×D climatology "
+            f"covariance supports states of at most {DENSE_MAX_DIM} entries, but experiment {ename!r} has "
+            f"{dim}; allowed: gaussian_residual: false there (hybrid: true alone is matrix-free above it)"
         )
 
 

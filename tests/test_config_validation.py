@@ -78,10 +78,19 @@ def _hybrid_with_fine_tuning(cfg: dict) -> None:
     cfg["methods"]["masf_hybrid"] = {"filter": "masf", "hybrid": True}  # finetune_epochs defaults to 120
 
 
-def _hybrid_beyond_the_dense_limit(cfg: dict) -> None:
-    cfg["methods"]["masf_hybrid"] = {"filter": "masf", "hybrid": True, "finetune_epochs": 0}
+def _residual_beyond_the_dense_limit(cfg: dict) -> None:
+    cfg["methods"]["masf_residual"] = {"filter": "masf", "gaussian_residual": True}
     cfg["experiments"]["kolmogorov"]["system"]["n"] = 64  # 2 x 64 x 64 = 8192 entries
+    cfg["experiments"]["kolmogorov"]["methods"].append("masf_residual")
+
+
+def test_the_hybrid_alone_is_accepted_beyond_the_dense_limit():
+    """``hybrid: true`` is matrix-free above 2048 entries; only the Gaussian residual is dense."""
+    cfg = copy.deepcopy(BASE)
+    cfg["methods"]["masf_hybrid"] = {"filter": "masf", "hybrid": True, "finetune_epochs": 0}
+    cfg["experiments"]["kolmogorov"]["system"]["n"] = 64
     cfg["experiments"]["kolmogorov"]["methods"].append("masf_hybrid")
+    mc.validate(cfg)
 
 
 # (id, mutation, text the one-line error must contain)
@@ -310,10 +319,10 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
         "methods.masf_bridge.radius: applies to the hybrid prior only; set methods.masf_bridge.hybrid: true",
     ),
     (
-        "hybrid-beyond-the-dense-limit",
-        _hybrid_beyond_the_dense_limit,
-        "method 'masf_hybrid' sets hybrid: true, whose dense D×D algebra supports states of at most 2048 "
-        "entries, but experiment 'kolmogorov' has 8192",
+        "residual-beyond-the-dense-limit",
+        _residual_beyond_the_dense_limit,
+        "method 'masf_residual' sets gaussian_residual: true, whose dense D×D climatology covariance supports "
+        "states of at most 2048 entries, but experiment 'kolmogorov' has 8192",
     ),
     ("tuning-metric-unknown", _set("tuning", {"metric": "rmse"}), "tuning.metric: 'rmse' is not allowed"),
     (

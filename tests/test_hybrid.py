@@ -14,13 +14,15 @@ import torch
 from masf.diffusion import GaussianDenoiser, MeasurementAwareProcess, sample
 from masf.filters.base import Context
 from masf.filters.hybrid import MAX_DIM, HybridDenoiser, check_dim, climatology_gaussian, hybrid_prior
+from masf.filters.hybrid_fft import StationaryGaussian, fft_hybrid_sample, stationary_gaussian, taper_spectrum
 from masf.filters.letkf import LETKF
 from masf.filters.localization import taper_matrix
 from masf.filters.masf import MASF
 from masf.filters.score_common import STATE_KEY
-from masf.operators import Mask, every_kth
+from masf.operators import Mask, every_kth, grid_mask
 from masf.rng import generator
 from masf.systems import Lorenz96
+from masf.systems.kolmogorov import Kolmogorov
 from masf.train import load_checkpoint
 
 F64 = torch.float64
@@ -250,5 +252,49 @@ def test_bad_hybrid_keys_are_refused(keys, message):
 
 def test_the_dense_limit_is_refused_before_any_work():
     check_dim(MAX_DIM, "masf")
-    with pytest.raises(ValueError, match="at most 2048 entries, got D = 2049"):
+    with pytest.raises(ValueError, match=r"gaussian_residual .* at most 2048 entries, got D = 2049"):
         check_dim(MAX_DIM + 1, "masf")
+
+
+def test_beyond_the_dense_limit_the_filter_samples_the_matrix_free_hybrid(tmp_path):
+    """Kolmogorov 48² (2·48·48 = 4608 > MAX_DIM entries): the filter takes the matrix-free path, whose
+    draws are ``fft_hybrid_sample`` of the normalized forecast with the stationary fit of the normalized
+    climatology and the taper spectrum of the method's radius (same random stream), and ``updated``
+    recentres the LETKF's anomalies of the same radius and inflation on their mean."""
+    system = Kolmogorov(n=48)
+    operator = grid_mask(system.state_shape, stride=8, noise_std=0.1)
+    data = system.sample_climatology(24, generator=generator(0, "pretrain_data"), spinup_steps=5)
+    sizes = {"network": "unet2d", "width": 4, "depth": 1, "nfe": 3, "pretrain_epochs": 1, "pretrain_batch": 8}
+    ckpt = tmp_path / "net.pt"
+    MASF(**sizes).pretrain(
+        data, operator, checkpoint=str(ckpt), generator=generator(0, "train"), progress=False
+    )
+    prior = data[:5] * 0.5 + 0.5 * data[5:6]
+    z = operator.observe(data[6:7], generator=torch.Generator().manual_seed(0))[0]
+    keys = {"sampler": "bridge", "finetune_epochs": 0, "hybrid": True, "radius": 4.0, "inflation": 1.1}
+    f = MASF(**keys, **sizes, members="redrawn")
+    ctx = _ctx(ckpt, data)
+    redrawn = f.analyse(prior, z, operator, ctx)
+    draws_fn, clim, _taper = ctx.state["masf_hybrid"]
+    assert draws_fn is fft_hybrid_sample and isinstance(clim, StationaryGaussian)
+
+    model = ctx.state[STATE_KEY]
+    norm = model.normalizer
+    process = f.process(operator, norm)
+    bank = norm.norm_x(data)
+    expected = fft_hybrid_sample(
+        model.net,
+        process,
+        norm.norm_z(z),
+        norm.norm_x(prior),
+        stationary_gaussian(bank),
+        taper_spectrum(system.state_shape, 4.0),
+        inflation=1.1,
+        nfe=3,
+        generator=generator(0, "sampling"),
+    )
+    torch.testing.assert_close(redrawn, norm.denorm_x(expected.float()), rtol=1e-4, atol=1e-4)
+    updated = MASF(**keys, **sizes).analyse(prior, z, operator, _ctx(ckpt, data))
+    letkf = LETKF(radius=4.0, inflation=1.1).analyse(prior, z, operator, _ctx(ckpt, data))
+    torch.testing.assert_close(updated.mean(0), redrawn.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(updated - updated.mean(0), letkf - letkf.mean(0), rtol=1e-4, atol=1e-4)

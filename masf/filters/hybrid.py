@@ -25,7 +25,8 @@ one D×D Cholesky per time step shared by the batch. It is E[x0 | x_t] under the
 climatology is Gaussian (then the hybrid prior is N(μ_c + R ȳ_f, R (I + Π)⁻¹ R)), and its Gaussian
 approximation for a learned climatology. The bridge's pathwise x0 draws (Matheron's rule) take x0* from
 that Gaussian (:meth:`HybridPrior.draw`). Cost: two D×D eigendecompositions per analysis (one per run for
-the climatology) and nfe Cholesky factorizations: dense, so states of at most ``MAX_DIM`` entries.
+the climatology) and nfe Cholesky factorizations: dense, so the filter uses it for states of at most
+``MAX_DIM`` entries and the matrix-free ``masf.filters.hybrid_fft`` above.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch import Tensor
 from masf.diffusion.process import MeasurementAwareProcess
 from masf.diffusion.samplers import GaussianDenoiser, sample
 
-MAX_DIM = 2048  # the dense D×D algebra above this is the matrix-free work docs/hybrid.md leaves open
+MAX_DIM = 2048  # the largest state of the dense D×D algebra; the hybrid is matrix-free above it
 _LAMBDA_MIN = 1e-10  # floor of the whitened forecast variances (B is positive definite in exact arithmetic)
 
 
@@ -53,11 +54,11 @@ class ClimatologyGaussian:
 
 
 def check_dim(dim: int, method: str) -> None:
-    """``ValueError`` when a state of ``dim`` entries is too large for the dense hybrid."""
+    """``ValueError`` when a state of ``dim`` entries is too large for the dense Gaussian residual."""
     if dim > MAX_DIM:
         raise ValueError(
-            f"{method}: hybrid builds dense D×D matrices and supports states of at most {MAX_DIM} entries, "
-            f"got D = {dim}; use hybrid: false for this system"
+            f"{method}: gaussian_residual builds a dense D×D climatology covariance and supports states of at "
+            f"most {MAX_DIM} entries, got D = {dim}; use gaussian_residual: false for this system"
         )
 
 

@@ -32,12 +32,14 @@ from masf.diffusion.samplers import SAMPLERS
 from masf.filters.base import Context
 from masf.filters.enkf import check_inflation
 from masf.filters.hybrid import (
+    MAX_DIM,
     ResidualDenoiser,
     check_dim,
     climatology_gaussian,
     gaussian_fit,
     hybrid_sample,
 )
+from masf.filters.hybrid_fft import fft_hybrid_sample, stationary_gaussian, taper_spectrum
 from masf.filters.letkf import LETKF
 from masf.filters.localization import taper_matrix
 from masf.filters.score_common import (
@@ -111,7 +113,8 @@ class MASF:
             graphs on a GPU; ``score_common.compile_network``). Same numbers up to float rounding.
         hybrid: sample under the hybrid prior, the pretrained climatology times the localized forecast
             Gaussian N(x̄_f, L∘P_f), deconvolved (``masf.filters.hybrid``, docs/hybrid.md). Bridge sampler,
-            no fine-tuning, states of at most 2048 entries.
+            no fine-tuning; dense algebra up to 2048 state entries, matrix-free above
+            (``masf.filters.hybrid_fft``: FFT taper, stationary climatology, CG; states on a ring or torus).
         radius, inflation: hybrid only: the Gaspari–Cohn half-width c (grid cells, as LETKF's) of L and
             the multiplicative inflation ρ >= 1 of the forecast anomalies.
         draws: hybrid with ``members: updated`` only: the number of bridge draws averaged for the analysis
@@ -458,19 +461,25 @@ class MASF:
 
     # -------------------------------------------------------------------------------- hybrid prior
     def _hybrid_terms(self, model: ScoreModel, prior: Tensor, ctx: Context):
-        """The climatology Gaussian and the taper matrix, computed once per run (docs/hybrid.md)."""
+        """(sampler, climatology Gaussian, taper) of the hybrid prior, computed once per run
+        (docs/hybrid.md): the dense algebra (``hybrid_sample``, full climatology covariance, taper matrix)
+        for states of at most ``MAX_DIM`` entries, the matrix-free one above (``fft_hybrid_sample``,
+        stationary climatology, taper spectrum, CG solves; "Matrix-free")."""
         cached = ctx.state.get(_HYBRID_KEY)
         if cached is None:
             shape = tuple(prior.shape[1:])
-            check_dim(prior[0].numel(), "masf")
             bank = climatology_bank(ctx, model.normalizer, prior)
             if bank is None:
                 raise ValueError(
                     "masf: hybrid needs climatology states to fit its climatology Gaussian "
                     "(run(..., climatology=...), `masf assimilate --climatology`)"
                 )
-            taper = taper_matrix(shape, self.radius).to(prior.device)
-            cached = (climatology_gaussian(bank), taper)
+            if prior[0].numel() <= MAX_DIM:
+                taper = taper_matrix(shape, self.radius).to(prior.device)
+                cached = (hybrid_sample, climatology_gaussian(bank), taper)
+            else:
+                taper = taper_spectrum(shape, self.radius).to(prior.device)
+                cached = (fft_hybrid_sample, stationary_gaussian(bank), taper)
             ctx.state[_HYBRID_KEY] = cached
         return cached
 
@@ -485,7 +494,7 @@ class MASF:
         operator: Any,
         ctx: Context,
     ) -> Tensor:
-        clim, taper = self._hybrid_terms(model, prior, ctx)
+        hybrid_draws, clim, taper = self._hybrid_terms(model, prior, ctx)
         norm = model.normalizer
 
         start = prior_n
@@ -493,7 +502,7 @@ class MASF:
             start = prior_n.repeat(-(-self.draws // len(prior_n)), *([1] * (prior_n.ndim - 1)))[: self.draws]
 
         def draw() -> Tensor:
-            post_n = hybrid_sample(
+            post_n = hybrid_draws(
                 net,
                 process,
                 norm.norm_z(z),
