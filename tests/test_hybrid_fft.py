@@ -15,6 +15,7 @@ from masf.diffusion import GaussianDenoiser, MeasurementAwareProcess, sample
 from masf.filters.hybrid_fft import (
     FFTHybridDenoiser,
     conjugate_gradients,
+    deconvolution_spectrum,
     fft_hybrid_prior,
     stationary_gaussian,
     taper_spectrum,
@@ -198,3 +199,20 @@ def test_the_default_tolerance_stays_accurate_when_the_solve_is_ill_conditioned(
         x_t = process.forward(members[:4], t, generator=g)
         err = (loose(x_t, tt) - exact(x_t, tt)).abs().max()
         assert float(err) < 0.02 * spread, (t, float(err), spread)
+
+
+def test_the_deconvolution_is_capped_per_wavenumber_at_the_forecast_precision():
+    """Ring (one channel): C_d⁻¹(k) = 1 / max(Ĉ(k), B̄(k)), with B̄(k) the DFT of the dense B = L∘P_f
+    averaged along its diagonals (a loop over positions); wide members make B̄ > Ĉ at some k."""
+    shape = (16,)
+    clim = stationary_gaussian(_bank(shape, 300, seed=0))
+    members = _bank(shape, 8, seed=1)
+    prior = fft_hybrid_prior(members, clim, taper_spectrum(shape, 2.0), inflation=1.0)
+    b = prior.cov(torch.eye(16, dtype=F64))
+    b_bar = torch.stack([sum(b[p, (p + d) % 16] for p in range(16)) / 16 for d in range(16)])
+    b_hat = torch.fft.rfft(b_bar).real
+    c_hat = clim.spectrum[:, 0, 0].real
+    assert bool((b_hat > c_hat).any()) and bool((b_hat < c_hat).any())  # both branches are exercised
+    got = deconvolution_spectrum(prior.anomalies, clim, prior.taper)[:, 0, 0]
+    torch.testing.assert_close(got.real, 1.0 / torch.maximum(c_hat, b_hat), rtol=1e-9, atol=0)
+    torch.testing.assert_close(got.imag, torch.zeros_like(got.imag), rtol=0, atol=1e-12)

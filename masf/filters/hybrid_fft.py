@@ -19,15 +19,20 @@ is normalized and float64; flat states are (n, D) with D = C·P.
   and draws of N(x̄_f, B) are x̄_f + Σ_j a_j ∘ (ℓ^{1/2} ⊛ ε_j)/√(N − 1), ε_j white noise on the grid
   (ℓ̂ clipped at 0 for the root; B itself uses ℓ̂ as it is).
 
-**Hybrid denoiser.** With the deconvolution B̃⁻¹ = B⁻¹ − C⁻¹ left unclamped, the climatology's
-Γ_t = (C⁻¹ + G)⁻¹ and G = diag(A(t)²/Σ(t)) of the mask process (x_t = A x0 + B(t) + √Σ ε):
+**Hybrid denoiser.** With the deconvolution B̃⁻¹ = B⁻¹ − C_d⁻¹, the climatology's Γ_t = (C_d⁻¹ + G)⁻¹ and
+G = diag(A(t)²/Σ(t)) of the mask process (x_t = A x0 + B(t) + √Σ ε):
 
-    D_H = D + Γ_t (Γ_t + B̃)⁻¹ (m̃ − D) = D + (I + B G)⁻¹ [x̄_f − D + B C⁻¹ (D − μ_c)],
+    D_H = D + Γ_t (Γ_t + B̃)⁻¹ (m̃ − D) = D + (I + B G)⁻¹ [x̄_f − D + B C_d⁻¹ (D − μ_c)],
 
-    (I + B G)⁻¹ u = u − B s y,   M y = s u,   M = I + s B s,   s = G^{1/2},
+    (I + B G)⁻¹ u = u − B s y = y / s,   M y = s u,   M = I + s B s,   s = G^{1/2},
 
 with M symmetric positive definite, solved by conjugate gradients preconditioned by its diagonal
-1 + G ∘ diag(B). For a Gaussian climatology D_H is exactly E[x0 | x_t] under N(x̄_f, B), whatever B.
+1 + G ∘ diag(B), and read back as y/s where s ≥ 1 (the CG error damped, not amplified by ‖B‖s).
+C_d⁻¹ is the climatology precision capped per wavenumber at the stationary forecast precision
+(:func:`deconvolution_spectrum`): with C_d = C (the forecast narrower than the climatology at every
+wavenumber) and a Gaussian climatology, D_H is exactly E[x0 | x_t] under N(x̄_f, B). Uncapped, C⁻¹
+(eigenvalues down to ``floor``) multiplied the network's small-scale error where the localized B is wider
+than the climatology, and the 64² analyses were noise (docs/hybrid.md, "Limits").
 Cost per call: (2 + 2·iterations) products with B, i.e. N FFT pairs on the grid per row and product.
 """
 
@@ -66,7 +71,8 @@ class StationaryGaussian:
     inverse: Tensor
     shape: tuple[int, ...]
 
-    def _apply(self, kernel: Tensor, v: Tensor) -> Tensor:
+    def apply(self, kernel: Tensor, v: Tensor) -> Tensor:
+        """The translation-invariant operator of spectrum ``kernel`` (*F, C, C) on flat ``v`` (n, D)."""
         channels, grid, dims = _grid(self.shape)
         vh = torch.fft.rfftn(v.reshape(len(v), channels, *grid), dim=dims).movedim(1, -1)
         out = (kernel @ vh.unsqueeze(-1)).squeeze(-1).movedim(-1, 1)
@@ -74,11 +80,11 @@ class StationaryGaussian:
 
     def cov(self, v: Tensor) -> Tensor:
         """C v for flat ``v`` (n, D)."""
-        return self._apply(self.spectrum, v)
+        return self.apply(self.spectrum, v)
 
     def solve(self, v: Tensor) -> Tensor:
         """C⁻¹ v for flat ``v`` (n, D)."""
-        return self._apply(self.inverse, v)
+        return self.apply(self.inverse, v)
 
 
 def stationary_gaussian(bank: Tensor, floor: float = 1e-6) -> StationaryGaussian:
@@ -113,13 +119,15 @@ def taper_spectrum(state_shape: tuple[int, ...], radius: float, taper: str = "ga
 @dataclass(frozen=True)
 class FFTHybridPrior:
     """The forecast side of the matrix-free hybrid: x̄_f (D,), the inflated anomalies (N, C, *G), the
-    taper spectrum ℓ̂ (*F), the climatology, and diag(B) (D,)."""
+    taper spectrum ℓ̂ (*F), the climatology, diag(B) (D,), and the spectrum (*F, C, C) of the
+    deconvolved climatology precision C_d⁻¹ (:func:`deconvolution_spectrum`)."""
 
     mean: Tensor
     anomalies: Tensor
     taper: Tensor
     clim: StationaryGaussian
     variance: Tensor
+    deconvolution: Tensor
 
     def _convolve(self, w: Tensor, kernel: Tensor) -> Tensor:
         _, grid, _ = _grid(self.clim.shape)
@@ -146,6 +154,27 @@ class FFTHybridPrior:
         return (self.mean + x.reshape(n, -1)).reshape(n, *self.clim.shape)
 
 
+def deconvolution_spectrum(anomalies: Tensor, clim: StationaryGaussian, taper: Tensor) -> Tensor:
+    """C_d⁻¹ (*F, C, C): the climatology precision that the deconvolution subtracts, capped per
+    wavenumber at the forecast's. With B̄ the translation average of B = L∘P_f (B̄(k) the DFT of
+    ℓ(δ)·P̄_f(δ), P̄_f the anomalies' circular autocovariance) and K(k) = Ĉ^{-1/2} B̄ Ĉ^{-1/2} = U λ Uᴴ,
+    C_d⁻¹ = Ĉ^{-1/2} U min(1, 1/λ) Uᴴ Ĉ^{-1/2}: Ĉ⁻¹ where the forecast is narrower than the climatology,
+    B̄⁻¹ where it is wider (the stationary counterpart of the dense hybrid's π = max(1/λ − 1, 0))."""
+    n = len(anomalies)
+    _, grid, dims = _grid(clim.shape)
+    ah = torch.fft.rfftn(anomalies, dim=dims).movedim(1, -1)  # (N, *F, C)
+    p_hat = torch.einsum("n...i,n...j->...ij", ah, ah.conj()) / ((n - 1) * math.prod(grid))
+    ell = torch.fft.irfftn(taper.to(F64), s=grid)  # ρ(δ) (*G)
+    p_real = torch.fft.irfftn(p_hat.movedim((-2, -1), (0, 1)), s=grid, dim=tuple(range(2, 2 + len(grid))))
+    b_hat = torch.fft.rfftn(p_real * ell, dim=tuple(range(2, 2 + len(grid)))).movedim((0, 1), (-2, -1))
+    vals, vecs = torch.linalg.eigh(clim.spectrum)
+    root_inv = (vecs * vals.rsqrt().unsqueeze(-2).to(vecs.dtype)) @ vecs.mH  # Ĉ^{-1/2}
+    k = root_inv @ b_hat @ root_inv
+    lam, u = torch.linalg.eigh(0.5 * (k + k.mH))
+    capped = (u * (1.0 / lam.clamp_min(1.0)).unsqueeze(-2).to(u.dtype)) @ u.mH
+    return root_inv @ capped @ root_inv
+
+
 def fft_hybrid_prior(
     members: Tensor, clim: StationaryGaussian, taper: Tensor, inflation: float
 ) -> FFTHybridPrior:
@@ -154,12 +183,14 @@ def fft_hybrid_prior(
     channels, grid, _ = _grid(clim.shape)
     x = members.to(F64).reshape(n, channels, *grid)
     a = inflation * (x - x.mean(0))
+    taper = taper.to(a.device)
     return FFTHybridPrior(
         mean=x.mean(0).reshape(-1),
         anomalies=a,
-        taper=taper.to(a.device),
+        taper=taper,
         clim=clim,
         variance=(a.square().sum(0) / (n - 1)).reshape(-1),  # ρ(0) = 1
+        deconvolution=deconvolution_spectrum(a, clim, taper),
     )
 
 
@@ -222,7 +253,7 @@ class FFTHybridDenoiser:
         gain = (self.process.A(t0).square() / self.process.Sigma(t0)).to(F64)
         gain = torch.broadcast_to(gain, (1, *p.clim.shape)).reshape(-1)  # (D,)
         d = out.reshape(n, -1).to(F64)
-        u = p.mean - d + p.cov(p.clim.solve(d - p.clim.mean))
+        u = p.mean - d + p.cov(p.clim.apply(p.deconvolution, d - p.clim.mean))
         s = gain.sqrt()
         y, steps = conjugate_gradients(
             lambda v: v + s * p.cov(s * v),
