@@ -38,6 +38,7 @@ from torch import Tensor
 
 from masf.diffusion.process import MeasurementAwareProcess
 from masf.diffusion.samplers import GaussianDenoiser, sample
+from masf.filters.hybrid_fft import FFTHybridDenoiser, StationaryGaussian, fft_hybrid_prior
 
 MAX_DIM = 2048  # the largest state of the dense D×D algebra; the hybrid is matrix-free above it
 _LAMBDA_MIN = 1e-10  # floor of the whitened forecast variances (B is positive definite in exact arithmetic)
@@ -163,7 +164,7 @@ def hybrid_sample(
     process: MeasurementAwareProcess,
     z: Tensor,
     members: Tensor,
-    clim: ClimatologyGaussian,
+    clim: ClimatologyGaussian | StationaryGaussian,
     taper: Tensor,
     *,
     inflation: float,
@@ -175,10 +176,17 @@ def hybrid_sample(
     """Bridge draws from the posterior under the hybrid prior, all normalized: ``z`` (S) the measurement,
     ``members`` (N, *S) the forecast, ``base`` the climatology denoiser; one draw per row of ``start``
     (n, *S), the states whose forward-noised unobserved entries start the bridge (default ``members``).
-    ``pathwise``: Matheron's x0 draws from :meth:`HybridPrior.draw` (else the plug-in mean)."""
-    prior = hybrid_prior(members, clim, taper, inflation)
+    A :class:`ClimatologyGaussian` ``clim`` takes the dense algebra (``taper`` the taper matrix (D, D)),
+    a ``StationaryGaussian`` the matrix-free one (``masf.filters.hybrid_fft``; ``taper`` its spectrum).
+    ``pathwise``: Matheron's x0 draws from the prior's ``draw`` (else the plug-in mean)."""
+    if isinstance(clim, StationaryGaussian):
+        prior = fft_hybrid_prior(members, clim, taper, inflation)
+        denoiser = FFTHybridDenoiser(base, prior, process)
+    else:
+        prior = hybrid_prior(members, clim, taper, inflation)
+        denoiser = HybridDenoiser(base, prior, process)
     return sample(
-        HybridDenoiser(base, prior, process),
+        denoiser,
         process,
         z,
         members if start is None else start,

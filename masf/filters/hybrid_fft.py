@@ -45,7 +45,6 @@ import torch
 from torch import Tensor
 
 from masf.diffusion.process import MeasurementAwareProcess
-from masf.diffusion.samplers import sample
 from masf.filters.localization import grid_geometry, taper_weights
 
 F64 = torch.float64
@@ -268,34 +267,3 @@ class FFTHybridDenoiser:
         # where the first amplifies it by ‖B‖s); the first serves where s is small or zero
         delta = torch.where(s >= 1.0, y / s.clamp_min(1.0), u - p.cov(s * y))
         return out + delta.to(out.dtype).reshape(out.shape)
-
-
-def fft_hybrid_sample(
-    base,
-    process: MeasurementAwareProcess,
-    z: Tensor,
-    members: Tensor,
-    clim: StationaryGaussian,
-    taper: Tensor,
-    *,
-    inflation: float,
-    nfe: int,
-    generator: torch.Generator | None,
-    pathwise: bool = True,
-    start: Tensor | None = None,
-) -> Tensor:
-    """``masf.filters.hybrid.hybrid_sample`` with the matrix-free algebra: bridge draws under the hybrid
-    prior, all normalized (``z`` (S), ``members`` (N, *S), one draw per row of ``start``, default
-    ``members``), with the climatology ``clim`` and the taper spectrum ``taper`` (:func:`taper_spectrum`).
-    ``pathwise``: Matheron's x0 draws from N(x̄_f, B) (:meth:`FFTHybridPrior.draw`), else the plug-in mean."""
-    prior = fft_hybrid_prior(members, clim, taper, inflation)
-    return sample(
-        FFTHybridDenoiser(base, prior, process),
-        process,
-        z,
-        members if start is None else start,
-        sampler="bridge",
-        nfe=nfe,
-        generator=generator,
-        prior_draws=prior.draw if pathwise else None,
-    )

@@ -39,7 +39,7 @@ from masf.filters.hybrid import (
     gaussian_fit,
     hybrid_sample,
 )
-from masf.filters.hybrid_fft import fft_hybrid_sample, stationary_gaussian, taper_spectrum
+from masf.filters.hybrid_fft import stationary_gaussian, taper_spectrum
 from masf.filters.letkf import LETKF
 from masf.filters.localization import taper_matrix
 from masf.filters.score_common import (
@@ -461,10 +461,9 @@ class MASF:
 
     # -------------------------------------------------------------------------------- hybrid prior
     def _hybrid_terms(self, model: ScoreModel, prior: Tensor, ctx: Context):
-        """(sampler, climatology Gaussian, taper) of the hybrid prior, computed once per run
-        (docs/hybrid.md): the dense algebra (``hybrid_sample``, full climatology covariance, taper matrix)
-        for states of at most ``MAX_DIM`` entries, the matrix-free one above (``fft_hybrid_sample``,
-        stationary climatology, taper spectrum, CG solves; "Matrix-free")."""
+        """(climatology Gaussian, taper) of the hybrid prior, computed once per run (docs/hybrid.md): for
+        the dense algebra (full climatology covariance, taper matrix) on states of at most ``MAX_DIM``
+        entries, for the matrix-free one above (stationary climatology, taper spectrum; "Matrix-free")."""
         cached = ctx.state.get(_HYBRID_KEY)
         if cached is None:
             shape = tuple(prior.shape[1:])
@@ -476,10 +475,10 @@ class MASF:
                 )
             if prior[0].numel() <= MAX_DIM:
                 taper = taper_matrix(shape, self.radius).to(prior.device)
-                cached = (hybrid_sample, climatology_gaussian(bank), taper)
+                cached = (climatology_gaussian(bank), taper)
             else:
                 taper = taper_spectrum(shape, self.radius).to(prior.device)
-                cached = (fft_hybrid_sample, stationary_gaussian(bank), taper)
+                cached = (stationary_gaussian(bank), taper)
             ctx.state[_HYBRID_KEY] = cached
         return cached
 
@@ -494,7 +493,7 @@ class MASF:
         operator: Any,
         ctx: Context,
     ) -> Tensor:
-        hybrid_draws, clim, taper = self._hybrid_terms(model, prior, ctx)
+        clim, taper = self._hybrid_terms(model, prior, ctx)
         norm = model.normalizer
 
         start = prior_n
@@ -502,7 +501,7 @@ class MASF:
             start = prior_n.repeat(-(-self.draws // len(prior_n)), *([1] * (prior_n.ndim - 1)))[: self.draws]
 
         def draw() -> Tensor:
-            post_n = hybrid_draws(
+            post_n = hybrid_sample(
                 net,
                 process,
                 norm.norm_z(z),
