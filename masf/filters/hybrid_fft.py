@@ -56,18 +56,26 @@ def _grid(state_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...], tuple[int
     return channels, grid, tuple(range(2, 2 + len(grid)))
 
 
+def _cross_spectrum(anomalies: Tensor, grid: tuple[int, ...], dims: tuple[int, ...]) -> Tensor:
+    """Σ_m â_m(k) â_m(k)ᴴ / ((M − 1) P) (*F, C, C) of anomalies (M, C, *G): the DFT of their circular
+    autocovariance averaged over the grid's translations."""
+    ah = torch.fft.rfftn(anomalies, dim=dims).movedim(1, -1)  # (M, *F, C)
+    return torch.einsum("m...i,m...j->...ij", ah, ah.conj()) / ((len(anomalies) - 1) * math.prod(grid))
+
+
 @dataclass(frozen=True)
 class StationaryGaussian:
     """N(mean, C) with C translation-invariant on the grid (module docstring).
 
     Attributes:
-        mean: (D,) the mean field. spectrum: (*F, C, C) complex Ĉ(k); inverse: (*F, C, C) Ĉ(k)⁻¹.
-        shape: the state shape S.
+        mean: (D,) the mean field. spectrum: (*F, C, C) complex Ĉ(k); inverse: (*F, C, C) Ĉ(k)⁻¹;
+        root_inv: (*F, C, C) Ĉ(k)^{-1/2}. shape: the state shape S.
     """
 
     mean: Tensor
     spectrum: Tensor
     inverse: Tensor
+    root_inv: Tensor
     shape: tuple[int, ...]
 
     def apply(self, kernel: Tensor, v: Tensor) -> Tensor:
@@ -95,13 +103,14 @@ def stationary_gaussian(bank: Tensor, floor: float = 1e-6) -> StationaryGaussian
     channels, grid, dims = _grid(shape)
     x = bank.to(F64).reshape(m, channels, *grid)
     mean = x.mean(0)
-    ah = torch.fft.rfftn(x - mean, dim=dims).movedim(1, -1)  # (M, *F, C)
-    spectrum = torch.einsum("m...i,m...j->...ij", ah, ah.conj()) / ((m - 1) * math.prod(grid))
-    vals, vecs = torch.linalg.eigh(spectrum)
-    vals = vals.clamp_min(floor * float(vals.mean()))
-    spectrum = (vecs * vals.unsqueeze(-2).to(vecs.dtype)) @ vecs.mH
-    inverse = (vecs / vals.unsqueeze(-2).to(vecs.dtype)) @ vecs.mH
-    return StationaryGaussian(mean=mean.reshape(-1), spectrum=spectrum, inverse=inverse, shape=shape)
+    vals, vecs = torch.linalg.eigh(_cross_spectrum(x - mean, grid, dims))
+    vals = vals.clamp_min(floor * float(vals.mean())).unsqueeze(-2)
+    spectrum = (vecs * vals.to(vecs.dtype)) @ vecs.mH
+    inverse = (vecs / vals.to(vecs.dtype)) @ vecs.mH
+    root_inv = (vecs * vals.rsqrt().to(vecs.dtype)) @ vecs.mH
+    return StationaryGaussian(
+        mean=mean.reshape(-1), spectrum=spectrum, inverse=inverse, root_inv=root_inv, shape=shape
+    )
 
 
 def taper_spectrum(state_shape: tuple[int, ...], radius: float, taper: str = "gaspari_cohn") -> Tensor:
@@ -159,16 +168,12 @@ def deconvolution_spectrum(anomalies: Tensor, clim: StationaryGaussian, taper: T
     ℓ(δ)·P̄_f(δ), P̄_f the anomalies' circular autocovariance) and K(k) = Ĉ^{-1/2} B̄ Ĉ^{-1/2} = U λ Uᴴ,
     C_d⁻¹ = Ĉ^{-1/2} U min(1, 1/λ) Uᴴ Ĉ^{-1/2}: Ĉ⁻¹ where the forecast is narrower than the climatology,
     B̄⁻¹ where it is wider (the stationary counterpart of the dense hybrid's π = max(1/λ − 1, 0))."""
-    n = len(anomalies)
     _, grid, dims = _grid(clim.shape)
-    ah = torch.fft.rfftn(anomalies, dim=dims).movedim(1, -1)  # (N, *F, C)
-    p_hat = torch.einsum("n...i,n...j->...ij", ah, ah.conj()) / ((n - 1) * math.prod(grid))
+    p_hat = _cross_spectrum(anomalies, grid, dims).movedim((-2, -1), (0, 1))  # (C, C, *F)
     ell = torch.fft.irfftn(taper.to(F64), s=grid)  # ρ(δ) (*G)
-    p_real = torch.fft.irfftn(p_hat.movedim((-2, -1), (0, 1)), s=grid, dim=tuple(range(2, 2 + len(grid))))
-    b_hat = torch.fft.rfftn(p_real * ell, dim=tuple(range(2, 2 + len(grid)))).movedim((0, 1), (-2, -1))
-    vals, vecs = torch.linalg.eigh(clim.spectrum)
-    root_inv = (vecs * vals.rsqrt().unsqueeze(-2).to(vecs.dtype)) @ vecs.mH  # Ĉ^{-1/2}
-    k = root_inv @ b_hat @ root_inv
+    b_hat = torch.fft.rfftn(torch.fft.irfftn(p_hat, s=grid, dim=dims) * ell, dim=dims)
+    root_inv = clim.root_inv
+    k = root_inv @ b_hat.movedim((0, 1), (-2, -1)) @ root_inv
     lam, u = torch.linalg.eigh(0.5 * (k + k.mH))
     capped = (u * (1.0 / lam.clamp_min(1.0)).unsqueeze(-2).to(u.dtype)) @ u.mH
     return root_inv @ capped @ root_inv
@@ -225,8 +230,8 @@ class FFTHybridDenoiser:
     """D_H(x_t, t) of the module docstring around a base denoiser ``base(x_t, t)`` (the network).
 
     ``t`` (n,) must hold one time for the whole batch (as every bridge step does). ``tol`` and ``max_iter``
-    control the CG solve (docs/hybrid.md, "Conditioning": at 64² the defaults move an analysis by
-    0.2 % of its spread against 1e-6 and by 2e-7 of it against 300 steps (30 already)); ``steps`` collects the CG
+    control the CG solve (docs/hybrid.md, "Conditioning": at 64² the defaults move an analysis by 0.2 %
+    of its spread against tolerance 1e-6 and by 2e-7 of it against 300 steps); ``steps`` collects the CG
     steps of each call (for cost reports).
     """
 
