@@ -11,6 +11,7 @@ files) and writes, into ``--out``:
     rank_hist.png  rank histograms of the truth within the analysis ensemble (1-D systems), summed over
                    seeds and the cycles after burn-in
     figures/       the sweep's figures (results/figures/<experiment>/*.png)
+    pretraining.json, pretraining.png   per-epoch losses of every pretrained network, with its minutes
 
     .venv/bin/python benchmarks/accuracy/summarize.py /tmp/acc/l96 --out benchmarks/accuracy/l96 \\
         --burn-in 20 --sparse every4 every2
@@ -67,6 +68,9 @@ def method_rows(ds: xr.Dataset, experiment: str, operator: str, burn_in: int) ->
             "crps": float(crps.mean()) if crps.size else math.nan,
             "wall_clock_s": float(np.nanmean(sel.wall_clock_s.values[ran])),
         }
+        if "rmse_frames" in ds:  # the paper's metric over every frame; no burn-in (docs/metrics.md)
+            frames = sel.rmse_frames.values[ok]
+            row["rmse_frames"] = float(frames.mean()) if frames.size else math.nan
         if "ssim" in ds:
             ssim = time_mean(sel.ssim.values, burn_in)[ok]
             row["ssim"] = float(ssim.mean()) if ssim.size else math.nan
@@ -80,7 +84,9 @@ def fmt(value: float, digits: int = 3) -> str:
 
 def markdown_table(rows: list[dict], spatial: bool) -> str:
     best = min((r["rmse"] for r in rows if math.isfinite(r["rmse"])), default=math.nan)
+    frames = any("rmse_frames" in r for r in rows)
     head = "| method | RMSE (± std over seeds) | spread/RMSE | CRPS |"
+    head += " RMSE, every frame |" if frames else ""
     head += " SSIM |" if spatial else ""
     head += " diverged | s per run |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -89,6 +95,8 @@ def markdown_table(rows: list[dict], spatial: bool) -> str:
         if math.isfinite(r["rmse"]) and r["rmse"] == best:
             rmse = f"**{rmse}**"
         cells = [r["method"], rmse, fmt(r["spread_rmse"], 2), fmt(r["crps"])]
+        if frames:
+            cells.append(fmt(r.get("rmse_frames", math.nan)))
         if spatial:
             cells.append(fmt(r["ssim"]))
         cells += [f"{r['diverged']}/{r['seeds']}", f"{r['wall_clock_s']:.1f}"]
@@ -161,6 +169,46 @@ def rank_histograms(results: Path, ds: xr.Dataset, burn_in: int, out: Path) -> b
     return True
 
 
+def pretraining_curves(results: Path, out: Path) -> dict:
+    """Per-epoch training and validation losses of every pretrained checkpoint of the sweep
+    (``results/checkpoints/<experiment>/<operator>/<method>.pt``, the loop's state in ``extra.train``)
+    with the job's wall-clock (its Snakemake benchmark file), into ``pretraining.json`` and
+    ``pretraining.png``. ``last_quarter_drop``: the relative fall of the validation loss over the last
+    quarter of the epochs (a network near its plateau has a small one)."""
+    import torch  # only here: the tables need no torch
+
+    curves = {}
+    for ckpt in sorted((results / "checkpoints").rglob("*.pt")):
+        name = str(ckpt.relative_to(results / "checkpoints").with_suffix(""))
+        train = torch.load(ckpt, map_location="cpu", weights_only=True)["extra"]["train"]
+        val = [float(v) for v in train["val_loss"]]
+        bench = results / "benchmarks" / "pretrain" / f"{name}.tsv"
+        seconds = float(bench.read_text().splitlines()[1].split()[0]) if bench.exists() else math.nan
+        k = max(1, len(val) // 4)
+        curves[name] = {
+            "train_loss": [float(v) for v in train["train_loss"]],
+            "val_loss": val,
+            "best_epoch": train["best_epoch"],
+            "hyper": train["hyper"],
+            "seconds": seconds,
+            "last_quarter_drop": (val[-k - 1] - val[-1]) / val[-k - 1] if len(val) > k else math.nan,
+        }
+    if not curves:
+        return curves
+    (out / "pretraining.json").write_text(json.dumps(curves, indent=1) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        epochs = np.arange(1, len(c["val_loss"]) + 1)
+        ax.semilogy(epochs, c["val_loss"], marker="o", ms=3, label=f"{name} ({c['seconds'] / 60:.0f} min)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss (each method's own loss)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "pretraining.png", dpi=120)
+    plt.close(fig)
+    return curves
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,6 +249,12 @@ def main() -> None:
         target = figures / png.relative_to(results / "figures")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(png, target)
+    for name, c in pretraining_curves(results, args.out).items():
+        print(
+            f"pretrain {name}: val {c['val_loss'][0]:.4g} -> {c['val_loss'][-1]:.4g} in "
+            f"{len(c['val_loss'])} epochs, {c['seconds'] / 60:.1f} min, "
+            f"last-quarter drop {100 * c['last_quarter_drop']:.1f} %"
+        )
     print((args.out / "table.md").read_text())
     for key, c in checks.items():
         print(key, json.dumps(c["targets"]))
