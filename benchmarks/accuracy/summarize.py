@@ -175,15 +175,15 @@ def pretraining_curves(results: Path, out: Path) -> dict:
     with the job's wall-clock (its Snakemake benchmark file), into ``pretraining.json`` and
     ``pretraining.png``. ``last_quarter_drop``: the relative fall of the validation loss over the last
     quarter of the epochs (a network near its plateau has a small one)."""
-    import torch  # only here: the tables need no torch
+    from masf.aggregate import benchmark_seconds
+    from masf.train.checkpoint import read_payload  # only here: the tables need no torch
 
     curves = {}
     for ckpt in sorted((results / "checkpoints").rglob("*.pt")):
         name = str(ckpt.relative_to(results / "checkpoints").with_suffix(""))
-        train = torch.load(ckpt, map_location="cpu", weights_only=True)["extra"]["train"]
+        train = read_payload(ckpt, map_location="cpu")["extra"]["train"]
         val = [float(v) for v in train["val_loss"]]
-        bench = results / "benchmarks" / "pretrain" / f"{name}.tsv"
-        seconds = float(bench.read_text().splitlines()[1].split()[0]) if bench.exists() else math.nan
+        seconds = benchmark_seconds(results / "benchmarks" / "pretrain" / f"{name}.tsv")
         k = max(1, len(val) // 4)
         curves[name] = {
             "train_loss": [float(v) for v in train["train_loss"]],
