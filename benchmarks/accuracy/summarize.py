@@ -44,8 +44,11 @@ def time_mean(values: np.ndarray, burn_in: int) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def method_rows(ds: xr.Dataset, experiment: str, operator: str, burn_in: int) -> list[dict]:
-    """One dict per method that ran on (experiment, operator), with seed means of the time means."""
+def method_rows(
+    ds: xr.Dataset, experiment: str, operator: str, burn_in: int, kept: float | None = None
+) -> list[dict]:
+    """One dict per method that ran on (experiment, operator), with seed means of the time means; with
+    ``kept``, also the seed median and the number of seeds whose time-mean RMSE is below ``kept``."""
     rows = []
     for method in ds.method.values:
         sel = ds.sel({"experiment": experiment, "operator": operator, "method": method})
@@ -68,6 +71,9 @@ def method_rows(ds: xr.Dataset, experiment: str, operator: str, burn_in: int) ->
             "crps": float(crps.mean()) if crps.size else math.nan,
             "wall_clock_s": float(np.nanmean(sel.wall_clock_s.values[ran])),
         }
+        if kept is not None:  # a diverged run keeps no track
+            row["rmse_median"] = float(np.median(rmse)) if rmse.size else math.nan
+            row["kept"] = int((rmse < kept).sum())
         if "rmse_frames" in ds:  # the paper's metric over every frame; no burn-in (docs/metrics.md)
             frames = sel.rmse_frames.values[ok]
             row["rmse_frames"] = float(frames.mean()) if frames.size else math.nan
@@ -85,7 +91,10 @@ def fmt(value: float, digits: int = 3) -> str:
 def markdown_table(rows: list[dict], spatial: bool) -> str:
     best = min((r["rmse"] for r in rows if math.isfinite(r["rmse"])), default=math.nan)
     frames = any("rmse_frames" in r for r in rows)
-    head = "| method | RMSE (± std over seeds) | spread/RMSE | CRPS |"
+    kept = any("kept" in r for r in rows)
+    head = "| method | RMSE (± std over seeds) |"
+    head += " median RMSE | kept |" if kept else ""
+    head += " spread/RMSE | CRPS |"
     head += " RMSE, every frame |" if frames else ""
     head += " SSIM |" if spatial else ""
     head += " diverged | s per run |"
@@ -94,7 +103,10 @@ def markdown_table(rows: list[dict], spatial: bool) -> str:
         rmse = f"{fmt(r['rmse'])} ± {fmt(r['rmse_std'])}"
         if math.isfinite(r["rmse"]) and r["rmse"] == best:
             rmse = f"**{rmse}**"
-        cells = [r["method"], rmse, fmt(r["spread_rmse"], 2), fmt(r["crps"])]
+        cells = [r["method"], rmse]
+        if kept:
+            cells += [fmt(r["rmse_median"]), f"{r['kept']}/{r['seeds']}"]
+        cells += [fmt(r["spread_rmse"], 2), fmt(r["crps"])]
         if frames:
             cells.append(fmt(r.get("rmse_frames", math.nan)))
         if spatial:
@@ -217,6 +229,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the committed results")
     parser.add_argument("--burn-in", type=int, default=0, help="cycles left out of the time means")
     parser.add_argument("--sparse", nargs="*", default=[], help="operators where MASF should win")
+    parser.add_argument(
+        "--kept",
+        type=float,
+        default=None,
+        metavar="RMSE",
+        help="add the seed median and the seeds whose time-mean RMSE stays below RMSE (kept tracks)",
+    )
     args = parser.parse_args()
     results = args.workdir / "results"
     metrics = results / "metrics.nc"
@@ -231,12 +250,13 @@ def main() -> None:
     sections, checks = [], {}
     for e in ds.experiment.values:
         for o in ds.operator.values:
-            rows = method_rows(ds, str(e), str(o), args.burn_in)
+            rows = method_rows(ds, str(e), str(o), args.burn_in, args.kept)
             if not rows:
                 continue
             n_cycles = int(ds.sizes["time"])
+            note = f"; kept: time-mean RMSE < {args.kept}" if args.kept is not None else ""
             sections.append(
-                f"### {e} / {o}\n\nTime means over cycles {args.burn_in + 1}–{n_cycles}.\n\n"
+                f"### {e} / {o}\n\nTime means over cycles {args.burn_in + 1}–{n_cycles}{note}.\n\n"
                 + markdown_table(rows, spatial)
             )
             checks[f"{e}/{o}"] = {"targets": targets(rows, str(o) in args.sparse), "methods": rows}
